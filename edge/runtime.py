@@ -1,0 +1,224 @@
+"""EdgeRuntime: run the prefix here, the suffix on the worker, and always answer.
+
+The prefix runs locally, the cut tensors are encoded and sent with the
+request's remaining budget as the gRPC deadline, and on any failure the
+suffix runs locally from the tensors already computed, so the prefix is never
+computed twice and the answer is the full model's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from edge.breaker import CircuitBreaker
+from edge.client import DEFAULT_MAX_MESSAGE_BYTES, WorkerClient
+from edge.trace import Counters, Trace
+from splitpoint import codec as codec_mod
+from splitpoint import wire
+from splitpoint.backends import load_session
+from splitpoint.bundle import LOCAL, Bundle, segment_model_name
+from splitpoint.errors import CodecError, SplitpointError, WireError
+
+log = logging.getLogger("splitpoint.edge")
+
+# Failures a retry cannot heal: the circuit opens at once.
+_FATAL = {
+    grpc.StatusCode.FAILED_PRECONDITION: "version mismatch",
+    grpc.StatusCode.NOT_FOUND: "model not served by the worker",
+    grpc.StatusCode.INVALID_ARGUMENT: "worker refused the request",
+    grpc.StatusCode.UNIMPLEMENTED: "worker does not speak OIP",
+    grpc.StatusCode.UNAUTHENTICATED: "worker refused our credentials",
+    grpc.StatusCode.PERMISSION_DENIED: "worker refused our credentials",
+}
+_REASONS = {
+    grpc.StatusCode.UNAVAILABLE: "worker unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline exceeded",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "worker overloaded",
+    grpc.StatusCode.CANCELLED: "call cancelled",
+    **_FATAL,
+}
+
+
+def _unavailable(e: BaseException) -> bool:
+    return isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class EdgeRuntime:
+    """Split inference for one bundle.
+
+    ``split`` is a split id from the bundle, "local" or "cloud" (default: the
+    bundle's default split). ``deadline_ms`` is the latency budget of a call to
+    the worker path: past it the suffix finishes locally. ``codec`` overrides
+    the bundle's codec for the cut tensors.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        cloud: str | None = None,
+        split: str | None = None,
+        deadline_ms: float = 1000.0,
+        codec: str | None = None,
+        threads: int | None = None,
+        failure_threshold: int = 3,
+        max_attempts: int = 3,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.bundle = Bundle(bundle)
+        m = self.bundle.manifest
+        self.split = m.split(split or m.default_split)
+        self.deadline_ms = float(deadline_ms)
+        self.codec = codec_mod.parse(codec or m.codec)
+        self.max_attempts = max_attempts
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self.last_trace: Trace | None = None
+        if self.split.id != LOCAL and not cloud:
+            raise SplitpointError(
+                f"split {self.split.id!r} needs a worker: pass cloud='HOST:PORT', or split='local' to run all here"
+            )
+
+        self._full = load_session(self.bundle.model_path(), threads=threads)
+        self._prefix = load_session(self.bundle.path(self.split.edge_file), threads=threads) if self.split.edge_file else None
+        self._suffix = None
+        if self.split.cloud_file is not None:
+            same_as_full = self.bundle.path(self.split.cloud_file) == self.bundle.model_path()
+            self._suffix = self._full if same_as_full else load_session(self.bundle.path(self.split.cloud_file), threads=threads)
+
+        self.model_name = segment_model_name(m.name, self.split.id)
+        self._client: WorkerClient | None = None
+        self.breaker: CircuitBreaker | None = None
+        if self.split.id != LOCAL:
+            self._client = WorkerClient(cloud, max_message_bytes)  # type: ignore[arg-type]
+            self.breaker = CircuitBreaker(lambda: self._client.serving(self.model_name), failure_threshold)
+
+    # -- public -------------------------------------------------------------
+
+    def infer(self, inputs: Mapping[str, np.ndarray], deadline_ms: float | None = None) -> dict[str, np.ndarray]:
+        """Run the model on ``inputs``; always returns the full model's outputs."""
+        start = time.perf_counter()
+        feeds = self._check_inputs(inputs)
+        trace = Trace(split=self.split.id)
+        if self._suffix is None:  # split "local"
+            outputs = self._full.run(feeds)
+            trace.edge_ms = (time.perf_counter() - start) * 1e3
+        else:
+            outputs = self._split_infer(feeds, trace, start, self.deadline_ms if deadline_ms is None else deadline_ms)
+        trace.total_ms = (time.perf_counter() - start) * 1e3
+        self.last_trace = trace
+        self.counters.record(trace)
+        return {o.name: outputs[o.name] for o in self.bundle.manifest.outputs}
+
+    def close(self) -> None:
+        if self.breaker is not None:
+            self.breaker.shutdown()
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> EdgeRuntime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        specs = self.bundle.manifest.inputs
+        missing = [s.name for s in specs if s.name not in inputs]
+        extra = [k for k in inputs if k not in {s.name for s in specs}]
+        if missing or extra:
+            raise WireError(
+                f"model {self.bundle.name!r} takes inputs {[s.name for s in specs]}; "
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unexpected {extra}" if extra else "")
+            )
+        feeds = {}
+        for s in specs:
+            a = np.asarray(inputs[s.name])
+            wire.check_tensor(s.name, a, s)
+            feeds[s.name] = a
+        return feeds
+
+    def _split_infer(self, feeds: dict[str, np.ndarray], trace: Trace, start: float, budget_ms: float) -> dict[str, np.ndarray]:
+        available = dict(feeds)
+        if self._prefix is not None:
+            available.update(self._prefix.run(feeds))
+        sent = {n: available[n] for n in self.split.sent_names}
+        trace.edge_ms = (time.perf_counter() - start) * 1e3
+        trace.bytes_raw = sum(a.nbytes for a in sent.values())
+
+        remote = None
+        assert self.breaker is not None
+        if self.breaker.allow():
+            remote = self._call_worker(sent, trace, start + budget_ms / 1e3)
+        else:
+            trace.fallback_reason = "circuit open"
+        if remote is not None:
+            trace.path = "cloud"
+            outputs = remote
+        else:
+            trace.path = "fallback"
+            t = time.perf_counter()
+            outputs = self._suffix.run(sent)  # type: ignore[union-attr]
+            trace.local_suffix_ms = (time.perf_counter() - t) * 1e3
+        return {**{n: available[n] for n in self.split.edge_outputs}, **outputs}
+
+    def _call_worker(self, sent: dict[str, np.ndarray], trace: Trace, deadline: float) -> dict[str, np.ndarray] | None:
+        """The suffix's outputs from the worker, or None (reason in the trace)."""
+        assert self._client is not None and self.breaker is not None
+        try:
+            request, trace.bytes_encoded = wire.build_request(
+                self.model_name, sent, self.codec, {wire.MODEL_SHA256: self.bundle.manifest.model_sha256}
+            )
+        except (CodecError, WireError) as e:
+            trace.fallback_reason = f"encode failed: {e}"
+            return None
+
+        def attempt() -> tuple[object, float]:
+            trace.attempts += 1
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise _BudgetSpent()
+            t = time.perf_counter()
+            response = self._client.infer(request, timeout=remaining)  # type: ignore[union-attr]
+            return response, time.perf_counter() - t
+
+        retrying = Retrying(
+            retry=retry_if_exception(_unavailable),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_exponential(multiplier=0.005, max=0.05),
+            reraise=True,
+        )
+        try:
+            response, rtt = retrying(attempt)
+            outputs = wire.read_response(response)  # type: ignore[arg-type]
+        except _BudgetSpent:
+            reason, fatal = "deadline exceeded", False
+        except grpc.RpcError as e:
+            reason, fatal = _REASONS.get(e.code(), f"worker error {e.code().name}"), e.code() in _FATAL
+            if fatal:
+                log.warning("worker at %s: %s: %s", self._client.address, reason, e.details())
+        except (CodecError, WireError) as e:
+            reason, fatal = f"bad response: {e}", True
+        else:
+            compute_us = wire.get_params(response.parameters).get(wire.COMPUTE_US, 0)  # type: ignore[attr-defined]
+            trace.cloud_ms = float(compute_us) / 1e3 if isinstance(compute_us, int) else 0.0
+            trace.network_ms = max(rtt * 1e3 - trace.cloud_ms, 0.0)
+            self.breaker.record_success()
+            return outputs
+        trace.fallback_reason = reason
+        self.breaker.record_failure(reason, fatal=fatal)
+        return None
+
+
+class _BudgetSpent(Exception):
+    """The request's budget ran out before the worker could be asked (again)."""

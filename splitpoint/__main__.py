@@ -1,0 +1,5 @@
+import sys
+
+from splitpoint.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""Small torch models shaped like the classics, and their ONNX export.
+
+torchvision does not import in every environment we run in, so the networks
+are written out in plain torch: a ResNet-18-style net (identity and downsample
+skips) and a MobileNetV2-style net (inverted residuals). Weights are random
+but seeded; only the graph structure matters for splitting.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convs plus a skip; the skip is a 1x1 conv when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + skip)
+
+
+class ResNetLike(nn.Module):
+    def __init__(self, width: int = 16, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = [width, width * 2, width * 4, width * 8]
+        layers, cin = [], width
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(_BasicBlock(cin, w, stride), _BasicBlock(w, w, 1)))
+            cin = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class _InvertedResidual(nn.Module):
+    """Expand (1x1), depthwise (3x3), project (1x1, linear); residual add when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class MobileNetV2Like(nn.Module):
+    # (expand, out channels, repeats, first stride): MobileNetV2's table, trimmed and narrowed
+    SETTINGS = [(1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 3, 2), (6, 24, 2, 2), (6, 32, 1, 1)]
+
+    def __init__(self, num_classes: int = 10, stem: int = 16, last: int = 128):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6()]
+        cin = stem
+        for expand, cout, repeats, stride in self.SETTINGS:
+            for i in range(repeats):
+                blocks.append(_InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        blocks += [nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()]
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _randomized(module: nn.Module, seed: int) -> nn.Module:
+    """Seeded weights and non-trivial batch-norm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0.0, 0.1)
+            m.running_mean.normal_(0.0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return module.eval()
+
+
+def resnet_like(width: int = 16, seed: int = 0) -> nn.Module:
+    return _randomized(ResNetLike(width), seed)
+
+
+def mobilenet_v2_like(seed: int = 0) -> nn.Module:
+    return _randomized(MobileNetV2Like(), seed)
+
+
+def export_onnx(
+    module: nn.Module,
+    path: str | Path,
+    *,
+    dynamo: bool,
+    input_shape: tuple[int, ...] = (1, 3, 64, 64),
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export ``module`` to ONNX with the legacy (``dynamo=False``) or the default exporter.
+
+    The legacy exporter names tensors by module path (``/layer1/layer1.0/relu/Relu_output_0``)
+    and embeds the weights; the default exporter names them ``relu_8`` and may keep the
+    weights in ``NAME.onnx.data`` beside the model.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = (torch.randn(*input_shape),)
+    names = {"input_names": ["x"], "output_names": ["logits"]}
+    if dynamo:
+        dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
+        torch.onnx.export(module, example, path, dynamo=True, dynamic_shapes=dynamic, verbose=False, **names)
+    else:
+        dynamic = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+        with warnings.catch_warnings():  # the legacy exporter is chosen on purpose: it names tensors by module path
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, example, path, dynamo=False, dynamic_axes=dynamic, **names)
+    return path

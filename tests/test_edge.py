@@ -1,0 +1,151 @@
+"""EdgeRuntime against real worker processes: split, fallback, recovery, bad input."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edge import EdgeRuntime
+from edge.breaker import State
+from splitpoint.bundle import Bundle
+from splitpoint.compare import difference
+from splitpoint.errors import SplitpointError, WireError
+from testbed.demo import free_port
+
+
+@pytest.fixture(scope="module")
+def local(demo_bundle):
+    with EdgeRuntime(demo_bundle, split="local") as rt:
+        yield rt
+
+
+def _images(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(n)]
+
+
+def test_split_inference_equals_local_and_traces_it(demo_bundle, worker, local, image):
+    with EdgeRuntime(demo_bundle, cloud=worker.address) as rt:
+        y = rt.infer(image)
+        t = rt.last_trace
+    assert difference(local.infer(image), y).ok
+    sp = Bundle(demo_bundle).manifest.split(t.split)
+    assert t.path == "cloud" and t.fallback_reason is None and len(sp.cut) == 2
+    assert t.bytes_raw == sum(c.bytes for c in sp.cut) and 0 < t.bytes_encoded < t.bytes_raw  # zstd on post-ReLU
+    assert t.cloud_ms > 0 and t.network_ms >= 0 and t.edge_ms > 0 and t.total_ms >= t.edge_ms
+    assert rt.counters.cloud == 1 and rt.counters.fallbacks == 0
+
+
+@pytest.mark.parametrize("split", ["pool.out", "cloud"])
+def test_other_splits_of_the_bundle(demo_bundle, worker, local, split):
+    ids = [s.id for s in Bundle(demo_bundle).manifest.splits]
+    split_id = next(i for i in ids if i.startswith(split))
+    with EdgeRuntime(demo_bundle, cloud=worker.address, split=split_id) as rt:
+        for x in _images(3):
+            assert difference(local.infer(x), rt.infer(x)).ok
+            assert rt.last_trace.path == "cloud"
+
+
+def test_dynamic_batch(demo_bundle, worker, local):
+    x = {"image": np.random.default_rng(5).standard_normal((3, 3, 64, 64)).astype(np.float32)}
+    with EdgeRuntime(demo_bundle, cloud=worker.address) as rt:
+        y = rt.infer(x)
+        assert rt.last_trace.path == "cloud" and y["logits"].shape == (3, 10)
+    assert difference(local.infer(x), y).ok
+
+
+def test_unreachable_worker_falls_back_then_opens_circuit(demo_bundle, local):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens here
+    with EdgeRuntime(demo_bundle, cloud=address, failure_threshold=2) as rt:
+        prefix_runs = []
+        run = rt._prefix.run
+        rt._prefix.run = lambda feeds: prefix_runs.append(1) or run(feeds)  # count, don't change
+        traces = []
+        for x in _images(4):
+            assert difference(local.infer(x), rt.infer(x)).ok
+            traces.append(rt.last_trace)
+        assert [t.path for t in traces] == ["fallback"] * 4
+        assert [t.fallback_reason for t in traces] == ["worker unavailable"] * 2 + ["circuit open"] * 2
+        assert traces[0].attempts == rt.max_attempts  # retried within the budget
+        assert traces[3].attempts == 0  # an open circuit costs no call
+        assert len(prefix_runs) == 4  # the prefix ran once per request: the suffix continued from its tensors
+        assert rt.breaker.state is State.OPEN
+        assert rt.counters.fallbacks == 4 and rt.counters.fallback_reasons["circuit open"] == 2
+
+
+def test_worker_killed_then_restarted_resumes_splitting(demo_bundle, worker_factory, local):
+    w = worker_factory(demo_bundle)
+    with EdgeRuntime(demo_bundle, cloud=w.address, failure_threshold=1) as rt:
+        x = _images(1)[0]
+        rt.infer(x)
+        assert rt.last_trace.path == "cloud"
+        w.kill()
+        for x in _images(5, seed=1):
+            assert difference(local.infer(x), rt.infer(x)).ok
+            assert rt.last_trace.path == "fallback"
+        assert rt.breaker.state is State.OPEN
+        worker_factory(demo_bundle, port=w.port)  # same address, new process
+        deadline = time.monotonic() + 30
+        while rt.last_trace.path != "cloud" and time.monotonic() < deadline:
+            rt.infer(x)
+            time.sleep(0.05)
+        assert rt.last_trace.path == "cloud", "the health probe did not bring splitting back"
+        assert rt.breaker.state is State.CLOSED
+
+
+def test_other_model_version_falls_back_with_reason(demo_bundle, worker_factory, tmp_path, local, image):
+    """A worker serving the same bundle name cut from another model is refused, not mixed."""
+    from partitioner import split
+    from testbed.models import save_demo_cnn
+
+    other = save_demo_cnn(tmp_path / "democnn.onnx", seed=42)
+    manifest = Bundle(demo_bundle).manifest
+    at = [[t.name for t in s.cut] for s in manifest.splits if s.edge_file]
+    other_bundle = split(other, tmp_path / "other", at=at, name=manifest.name)
+    w = worker_factory(other_bundle.root)
+    with EdgeRuntime(demo_bundle, cloud=w.address) as rt:
+        y = rt.infer(image)
+        assert rt.last_trace.path == "fallback" and rt.last_trace.fallback_reason == "version mismatch"
+        assert rt.breaker.state is State.OPEN  # no retrying a worker that cannot heal
+    assert difference(local.infer(image), y).ok
+
+
+def test_deadline_exceeded_finishes_locally(demo_bundle, worker, local, image):
+    with EdgeRuntime(demo_bundle, cloud=worker.address, deadline_ms=0.001) as rt:
+        y = rt.infer(image)
+        assert rt.last_trace.path == "fallback" and rt.last_trace.fallback_reason == "deadline exceeded"
+    assert difference(local.infer(image), y).ok
+
+
+def test_per_call_deadline_overrides_default(demo_bundle, worker, image):
+    with EdgeRuntime(demo_bundle, cloud=worker.address, deadline_ms=0.001) as rt:
+        rt.infer(image, deadline_ms=5000)
+        assert rt.last_trace.path == "cloud"
+
+
+@pytest.mark.parametrize(
+    "inputs, needle",
+    [
+        ({}, "missing ['image']"),
+        ({"image": np.zeros((1, 3, 64, 64), np.float32), "extra": np.zeros(1)}, "unexpected ['extra']"),
+        ({"image": np.zeros((1, 3, 64, 64), np.float64)}, "'image': expected dtype float32"),
+        ({"image": np.zeros((1, 3, 32, 64), np.float32)}, "'image': expected shape [N,3,64,64]"),
+    ],
+    ids=["missing", "extra", "dtype", "shape"],
+)
+def test_bad_input_is_one_clear_error(local, inputs, needle):
+    with pytest.raises(WireError) as info:
+        local.infer(inputs)
+    assert needle in str(info.value)
+
+
+def test_split_needing_a_worker_without_address_is_refused(demo_bundle):
+    with pytest.raises(SplitpointError, match="needs a worker"):
+        EdgeRuntime(demo_bundle, split="cloud")
+
+
+def test_unknown_split_lists_known_ones(demo_bundle):
+    with pytest.raises(SplitpointError, match="has no split 'nope'.*local"):
+        EdgeRuntime(demo_bundle, split="nope")
