@@ -190,7 +190,8 @@ def report(activations: Activations, specs: list[str], results: dict, repeat: in
             encoded = sum(results[name, spec]["bytes"] for name, _ in members)
             enc = sum(statistics.median(results[name, spec]["enc"]) for name, _ in members)
             dec = sum(statistics.median(results[name, spec]["dec"]) for name, _ in members)
-            lines.append(f"| {spec} | {logical / encoded:.2f} | {logical / enc / 1e6:.0f} | {logical / dec / 1e6:.0f} |")
+            ratio, enc_speed, dec_speed = logical / encoded, logical / enc / 1e6, logical / dec / 1e6
+            lines.append(f"| {spec} | {ratio:.2f} | {enc_speed:.0f} | {dec_speed:.0f} |")
         lines.append("")
     lossless = [s for s in specs if codec.parse(s).lossless and s != "raw"]
     lines += ["### Lossless ratio per tensor", "", "| group | tensor | zeros | " + " | ".join(lossless) + " |"]

@@ -21,7 +21,8 @@ from partitioner.measure import TensorTable, measure
 from partitioner.source import Source
 from partitioner.staging import check_target, staged_directory
 from partitioner.verify import verify_split
-from splitpoint.bundle import CLOUD, LOCAL, Bundle, Manifest, Split, file_sha256, slug, write_manifest
+from splitpoint import codec as codec_mod
+from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, Manifest, Split, file_sha256, slug, write_manifest
 
 AUTO = "auto"
 MODEL_FILE = "model.onnx"
@@ -57,7 +58,7 @@ def split(
     at: str | Sequence[str] | Sequence[Sequence[str]] = AUTO,
     shapes: Mapping[str, Sequence[int]] | None = None,
     name: str | None = None,
-    codec: str = "zstd",
+    codec: str = DEFAULT_CODEC,
     golden: int = 2,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
@@ -68,6 +69,7 @@ def split(
     if golden < 1:
         raise PartitionError(f"golden={golden}: at least one golden case is needed to verify the splits")
     check_target(out, overwrite)
+    codec = codec_mod.parse(codec).spec  # a bad --codec fails before any work
     requests = cut_requests(at)
     log(f"loading {model}")
     source = Source.open(model, shapes, log)

@@ -19,6 +19,9 @@ import numpy as np
 from splitpoint.errors import BundleError
 
 SCHEMA_VERSION = 1
+# Byte-shuffle then zstd level 1: fewer bytes than plain zstd on float activations
+# at a similar speed (benchmarks/codec.md).
+DEFAULT_CODEC = "shuffle-zstd:1"
 MANIFEST = "manifest.json"
 LOCAL = "local"
 CLOUD = "cloud"
@@ -102,7 +105,7 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     splits: tuple[Split, ...]
     default_split: str
-    codec: str = "zstd"
+    codec: str = DEFAULT_CODEC
     model_file: str = "model.onnx"
     golden: tuple[GoldenCase, ...] = ()
     profiles: tuple[str, ...] = ()
@@ -134,7 +137,7 @@ class Manifest:
                 outputs=tuple(TensorSpec.from_json(t) for t in d["outputs"]),
                 splits=tuple(Split.from_json(s) for s in d["splits"]),
                 default_split=d["default_split"],
-                codec=d.get("codec", "zstd"),
+                codec=d.get("codec", DEFAULT_CODEC),
                 model_file=d.get("model_file", "model.onnx"),
                 golden=tuple(GoldenCase(**g) for g in d.get("golden", [])),
                 profiles=tuple(d.get("profiles", [])),

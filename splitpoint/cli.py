@@ -15,8 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from splitpoint import __version__
+from splitpoint.bundle import DEFAULT_CODEC
+from splitpoint.codec import available as codec_names
 from splitpoint.errors import SplitpointError
 
+CODECS = codec_names()
 SHAPE_HELP = "shape for a dynamic input, NAME=D0,D1,... (repeatable), used for golden inputs and sizes"
 
 
@@ -126,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS", help=SHAPE_HELP)
     s.add_argument("--name", help="bundle/model name (default: the model file's stem)")
-    s.add_argument("--codec", default="zstd", help="codec for the cut tensors (default: zstd)")
+    s.add_argument(
+        "--codec",
+        default=DEFAULT_CODEC,
+        help=f"codec for the cut tensors (default: {DEFAULT_CODEC}); one of: {', '.join(CODECS)}, "
+        "zstd levels as zstd:N",
+    )
     s.add_argument("-f", "--force", action="store_true", help="replace an existing bundle directory")
     s.set_defaults(func=_cmd_split)
 

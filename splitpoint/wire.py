@@ -118,6 +118,7 @@ def _read_tensors(
     if len(raw) != len(tensors):
         raise WireError(f"{what}: {len(tensors)} tensors but {len(raw)} raw contents (all tensors must be raw)")
     out: dict[str, np.ndarray] = {}
+    budget = max_bytes  # for the whole message, not per tensor
     for t, data in zip(tensors, raw):
         if t.name in out:
             raise WireError(f"tensor {t.name!r} appears twice")
@@ -128,15 +129,19 @@ def _read_tensors(
         except WireError as e:
             raise WireError(f"tensor {t.name!r}: {e}") from None
         out[t.name] = codec_mod.decode(
-            data, get_params(t.parameters), dtype=dtype, shape=tuple(t.shape), name=t.name, max_bytes=max_bytes
+            data, get_params(t.parameters), dtype=dtype, shape=tuple(t.shape), name=t.name, max_bytes=budget
         )
+        budget -= out[t.name].nbytes
     return out
 
 
 def read_request(
     request: pb.ModelInferRequest, expected: Sequence[TensorSpec], max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES
 ) -> dict[str, np.ndarray]:
-    """Decode and validate a request's inputs against the model's input specs."""
+    """Decode and validate a request's inputs against the model's input specs.
+
+    ``max_bytes`` bounds the decoded size of all inputs together.
+    """
     by_name = {s.name: s for s in expected}
     for t in request.inputs:
         if t.name not in by_name:

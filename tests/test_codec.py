@@ -50,9 +50,9 @@ VIEWS = {
 }
 
 
-def roundtrip(array: np.ndarray, spec: str, **kwargs) -> np.ndarray:
+def roundtrip(array: np.ndarray, spec: str) -> np.ndarray:
     enc = encode(array, spec, name="t")
-    return decode(enc.data, enc.params, dtype=array.dtype, shape=array.shape, name="t", **kwargs)
+    return decode(enc.data, enc.params, dtype=array.dtype, shape=array.shape, name="t")
 
 
 def assert_owned(out: np.ndarray, dtype: np.dtype, shape: tuple) -> None:

@@ -13,7 +13,7 @@ import partitioner
 from partitioner import PartitionError, inspect, parse_shapes, split
 from partitioner.onnxio import session
 from partitioner.verify import edge_then_cloud
-from splitpoint.bundle import CLOUD, LOCAL, Bundle, file_sha256
+from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, file_sha256
 from splitpoint.errors import SplitpointError
 from testbed.models import demo_cnn, save_demo_cnn
 
@@ -88,7 +88,7 @@ def test_split_single_and_multi_tensor_cuts(demo: Path, tmp_path: Path) -> None:
 def test_bundle_manifest_and_files(demo: Path, tmp_path: Path) -> None:
     bundle = split(demo, tmp_path / "b", at="pool.out", golden=3, name="My Model")
     m = bundle.manifest
-    assert m.name == "My_Model" and m.opset == 17 and m.codec == "zstd"
+    assert m.name == "My_Model" and m.opset == 17 and m.codec == DEFAULT_CODEC
     assert m.model_sha256 == file_sha256(bundle.model_path())
     assert len(m.golden) == 3 and len(bundle.golden_cases()) == 3
     assert [t.name for t in m.inputs] == ["image"] and m.outputs[0].shape == ("N", 10)
@@ -239,3 +239,9 @@ def test_shapes(tmp_path: Path) -> None:
         inspect(path, {"imag": [1, 3, 32, 32]})
     report = inspect(path, {"image": [1, 3, 32, 32]})
     assert report.inputs[0].shape == ("N", 3, "H", "W") and report.inputs[0].bytes == 3 * 32 * 32 * 4
+
+
+def test_bad_codec_is_refused_before_any_work(demo: Path, tmp_path: Path) -> None:
+    with pytest.raises(SplitpointError, match="lzma"):
+        split(demo, tmp_path / "b", at="pool.out", codec="lzma")
+    assert not (tmp_path / "b").exists()

@@ -40,3 +40,20 @@ def test_oip_package_and_field_numbers() -> None:
     param = pb.InferParameter.DESCRIPTOR.fields_by_name
     assert {n: param[n].number for n in param} == {
         "bool_param": 1, "int64_param": 2, "string_param": 3, "double_param": 4, "uint64_param": 5}
+
+
+def test_loads_beside_tritonclient_in_one_process() -> None:
+    """tritonclient registers its own `inference.*` messages; ours must not clash with them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tritonclient.grpc.service_pb2 as t\n"
+        "from splitpoint._proto import grpc_service_pb2 as pb\n"
+        "r = pb.ModelInferRequest(model_name='m', raw_input_contents=[b'abc'])\n"
+        "r.inputs.add(name='x', datatype='FP16', shape=[3])\n"
+        "u = t.ModelInferRequest.FromString(r.SerializeToString())\n"
+        "assert (u.model_name, u.inputs[0].datatype, list(u.inputs[0].shape)) == ('m', 'FP16', [3])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

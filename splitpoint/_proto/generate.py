@@ -1,9 +1,11 @@
 """Generate the committed gRPC stubs from proto/ (``make stubs``).
 
 The .proto is compiled as ``splitpoint/_proto/grpc_service.proto`` so the
-generated modules import each other by package path and the descriptor's
-file name cannot collide with another copy of the OIP proto (tritonclient's)
-loaded in the same process.
+generated modules import each other by package path. The messages are
+registered in a private descriptor pool rather than protobuf's default one:
+tritonclient registers its own copy of the same ``inference.*`` messages in
+the default pool, and two copies there refuse to load in one process. The
+wire format does not depend on the pool.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROTO_SOURCE = PACKAGE_DIR.parents[1] / "proto" / "grpc_service.proto"
 GENERATED = ("grpc_service_pb2.py", "grpc_service_pb2.pyi", "grpc_service_pb2_grpc.py")
+_DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+_PRIVATE_POOL = "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
 
 
 def generate(out_dir: Path) -> None:
@@ -44,6 +48,11 @@ def generate(out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in GENERATED:
             shutil.copy(gen_root / rel.parent / name, out_dir / name)
+    messages = out_dir / "grpc_service_pb2.py"
+    text = messages.read_text()
+    if text.count(_DEFAULT_POOL) != 1:
+        raise RuntimeError(f"{messages}: protoc's output changed; cannot move it to a private descriptor pool")
+    messages.write_text(text.replace(_DEFAULT_POOL, _PRIVATE_POOL))
 
 
 if __name__ == "__main__":
