@@ -17,6 +17,7 @@ from cloud.core import InferenceCore
 from cloud.repository import load_segments
 from cloud.servicer import InferenceServicer
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
+from splitpoint.bundle import health_service
 from splitpoint.errors import SplitpointError
 
 log = logging.getLogger("splitpoint.cloud")
@@ -79,7 +80,8 @@ def serve(
         raise SplitpointError(f"cannot listen on {host}:{port} (address in use or not permitted)")
     server.start()
     # Ready only now that every session is loaded.
-    for name in ["", *segments]:
+    names = ["", *segments, *(health_service(s.name, s.model_sha256) for s in segments.values())]
+    for name in names:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{bound}"
     worker = Worker(server, health_servicer, address, sorted(segments))

@@ -23,7 +23,7 @@ from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
 from splitpoint import wire
 from splitpoint.backends import load_session
-from splitpoint.bundle import LOCAL, Bundle, segment_model_name
+from splitpoint.bundle import LOCAL, Bundle, health_service, segment_model_name
 from splitpoint.errors import CodecError, SplitpointError, WireError
 
 log = logging.getLogger("splitpoint.edge")
@@ -97,7 +97,8 @@ class EdgeRuntime:
         self.breaker: CircuitBreaker | None = None
         if self.split.id != LOCAL:
             self._client = WorkerClient(cloud, max_message_bytes)  # type: ignore[arg-type]
-            self.breaker = CircuitBreaker(lambda: self._client.serving(self.model_name), failure_threshold)
+            service = health_service(self.model_name, m.model_sha256)
+            self.breaker = CircuitBreaker(lambda: self._client.serving(service), failure_threshold)
 
     # -- public -------------------------------------------------------------
 

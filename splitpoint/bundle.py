@@ -162,6 +162,15 @@ def segment_model_name(bundle_name: str, split_id: str) -> str:
     return f"{bundle_name}.{split_id}"
 
 
+def health_service(model_name: str, model_sha256: str) -> str:
+    """The grpc.health.v1 service name that is SERVING only where this model version is.
+
+    The edge probes it, so a worker that is up but serves another version of
+    the model does not close the edge's circuit.
+    """
+    return f"{model_name}@{model_sha256}"
+
+
 def file_sha256(*paths: Path) -> str:
     h = hashlib.sha256()
     for p in paths:

@@ -109,6 +109,10 @@ def test_other_model_version_falls_back_with_reason(demo_bundle, worker_factory,
         y = rt.infer(image)
         assert rt.last_trace.path == "fallback" and rt.last_trace.fallback_reason == "version mismatch"
         assert rt.breaker.state is State.OPEN  # no retrying a worker that cannot heal
+        time.sleep(0.5)  # the health probe runs meanwhile: the worker is up, but not with our model version
+        assert rt.breaker.state is State.OPEN
+        rt.infer(image)
+        assert rt.last_trace.fallback_reason == "circuit open" and rt.last_trace.attempts == 0
     assert difference(local.infer(image), y).ok
 
 

@@ -15,7 +15,7 @@ from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.backends import load_session
-from splitpoint.bundle import Bundle, segment_model_name
+from splitpoint.bundle import Bundle, health_service, segment_model_name
 from testbed.demo import CUT, free_port
 
 
@@ -70,9 +70,13 @@ def test_liveness_readiness_and_metadata(stub, bundle, cut_split):
 def test_health_service_reports_serving(worker, bundle, cut_split):
     with grpc.insecure_channel(worker.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", segment_model_name(bundle.name, cut_split.id)):
+        name = segment_model_name(bundle.name, cut_split.id)
+        for service in ("", name, health_service(name, bundle.manifest.model_sha256)):
             assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
                 health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:  # another version of the model is not served here
+            health.Check(health_pb2.HealthCheckRequest(service=health_service(name, "0" * 64)))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.mark.parametrize("codec", ["raw", "zstd"])
