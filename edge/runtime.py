@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,7 @@ from edge.client import DEFAULT_MAX_MESSAGE_BYTES, WorkerClient
 from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
 from splitpoint import wire
+from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.backends import load_session
 from splitpoint.bundle import LOCAL, Bundle, health_service, segment_model_name
 from splitpoint.errors import CodecError, SplitpointError, WireError
@@ -104,18 +106,32 @@ class EdgeRuntime:
 
     def infer(self, inputs: Mapping[str, np.ndarray], deadline_ms: float | None = None) -> dict[str, np.ndarray]:
         """Run the model on ``inputs``; always returns the full model's outputs."""
-        start = time.perf_counter()
-        feeds = self._check_inputs(inputs)
-        trace = Trace(split=self.split.id)
-        if self._suffix is None:  # split "local"
-            outputs = self._full.run(feeds)
-            trace.edge_ms = (time.perf_counter() - start) * 1e3
+        frame = self._edge_half(inputs)
+        if self._suffix is None:  # split "local": the edge half was the whole model
+            return self._complete(frame, {})
+        budget_ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        remote = None
+        assert self.breaker is not None
+        if self.breaker.allow():
+            remote = self._call_worker(frame.sent, frame.trace, frame.start + budget_ms / 1e3)
         else:
-            outputs = self._split_infer(feeds, trace, start, self.deadline_ms if deadline_ms is None else deadline_ms)
-        trace.total_ms = (time.perf_counter() - start) * 1e3
-        self.last_trace = trace
-        self.counters.record(trace)
-        return {o.name: outputs[o.name] for o in self.bundle.manifest.outputs}
+            frame.trace.fallback_reason = "circuit open"
+        return self._complete(frame, remote if remote is not None else self._suffix_locally(frame))
+
+    def stream(
+        self, inputs: Iterable[Mapping[str, np.ndarray]], max_in_flight: int = 4, deadline_ms: float | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Outputs for a stream of inputs, in order, pipelined over ``ModelStreamInfer``.
+
+        The prefix of frame n+1 runs while frame n is on the wire or in the
+        cloud; at most ``max_in_flight`` frames are between prefix and answer.
+        A frame the worker does not answer within its budget, or lost when
+        the stream breaks, is finished locally from its cut tensors.
+        """
+        from edge.stream import pipelined
+
+        budget_ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        return pipelined(self, inputs, max_in_flight, budget_ms)
 
     def close(self) -> None:
         if self.breaker is not None:
@@ -149,37 +165,52 @@ class EdgeRuntime:
             feeds[s.name] = a
         return feeds
 
-    def _split_infer(self, feeds: dict[str, np.ndarray], trace: Trace, start: float, budget_ms: float) -> dict[str, np.ndarray]:
+    def _edge_half(self, inputs: Mapping[str, np.ndarray]) -> Frame:
+        """Check the inputs and run what runs on the edge before the cut."""
+        start = time.perf_counter()
+        feeds = self._check_inputs(inputs)
         available = dict(feeds)
-        if self._prefix is not None:
-            available.update(self._prefix.run(feeds))
-        sent = {n: available[n] for n in self.split.sent_names}
-        trace.edge_ms = (time.perf_counter() - start) * 1e3
-        trace.bytes_raw = sum(a.nbytes for a in sent.values())
+        session = self._full if self._suffix is None else self._prefix
+        if session is not None:
+            available.update(session.run(feeds))
+        frame = Frame(Trace(split=self.split.id), start, available)
+        if self._suffix is not None:
+            frame.sent = {n: available[n] for n in self.split.sent_names}
+            frame.trace.bytes_raw = sum(a.nbytes for a in frame.sent.values())
+        frame.trace.edge_ms = (time.perf_counter() - start) * 1e3
+        return frame
 
-        remote = None
-        assert self.breaker is not None
-        if self.breaker.allow():
-            remote = self._call_worker(sent, trace, start + budget_ms / 1e3)
-        else:
-            trace.fallback_reason = "circuit open"
-        if remote is not None:
-            trace.path = "cloud"
-            outputs = remote
-        else:
-            trace.path = "fallback"
-            t = time.perf_counter()
-            outputs = self._suffix.run(sent)  # type: ignore[union-attr]
-            trace.local_suffix_ms = (time.perf_counter() - t) * 1e3
-        return {**{n: available[n] for n in self.split.edge_outputs}, **outputs}
+    def _suffix_locally(self, frame: Frame) -> dict[str, np.ndarray]:
+        """Finish the inference here from the cut tensors already computed."""
+        frame.trace.path = "fallback"
+        t = time.perf_counter()
+        outputs = self._suffix.run(frame.sent)  # type: ignore[union-attr]
+        frame.trace.local_suffix_ms = (time.perf_counter() - t) * 1e3
+        return outputs
+
+    def _complete(self, frame: Frame, suffix_outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's outputs in manifest order; records the frame's trace."""
+        merged = {**frame.available, **suffix_outputs}
+        frame.trace.total_ms = (time.perf_counter() - frame.start) * 1e3
+        self.last_trace = frame.trace
+        self.counters.record(frame.trace)
+        return {o.name: merged[o.name] for o in self.bundle.manifest.outputs}
+
+    def _encode(self, sent: Mapping[str, np.ndarray], request_id: str = "") -> tuple[pb.ModelInferRequest, int]:
+        return wire.build_request(
+            self.model_name, sent, self.codec, {wire.MODEL_SHA256: self.bundle.manifest.model_sha256}, request_id
+        )
+
+    @staticmethod
+    def _compute_ms(response: pb.ModelInferResponse) -> float:
+        compute_us = wire.get_params(response.parameters).get(wire.COMPUTE_US, 0)
+        return float(compute_us) / 1e3 if isinstance(compute_us, int) else 0.0
 
     def _call_worker(self, sent: dict[str, np.ndarray], trace: Trace, deadline: float) -> dict[str, np.ndarray] | None:
         """The suffix's outputs from the worker, or None (reason in the trace)."""
         assert self._client is not None and self.breaker is not None
         try:
-            request, trace.bytes_encoded = wire.build_request(
-                self.model_name, sent, self.codec, {wire.MODEL_SHA256: self.bundle.manifest.model_sha256}
-            )
+            request, trace.bytes_encoded = self._encode(sent)
         except (CodecError, WireError) as e:
             trace.fallback_reason = f"encode failed: {e}"
             return None
@@ -211,14 +242,24 @@ class EdgeRuntime:
         except (CodecError, WireError) as e:
             reason, fatal = f"bad response: {e}", True
         else:
-            compute_us = wire.get_params(response.parameters).get(wire.COMPUTE_US, 0)  # type: ignore[attr-defined]
-            trace.cloud_ms = float(compute_us) / 1e3 if isinstance(compute_us, int) else 0.0
+            trace.path = "cloud"
+            trace.cloud_ms = self._compute_ms(response)  # type: ignore[arg-type]
             trace.network_ms = max(rtt * 1e3 - trace.cloud_ms, 0.0)
             self.breaker.record_success()
             return outputs
         trace.fallback_reason = reason
         self.breaker.record_failure(reason, fatal=fatal)
         return None
+
+
+@dataclass
+class Frame:
+    """One input on its way through the split: what the edge computed so far."""
+
+    trace: Trace
+    start: float
+    available: dict[str, np.ndarray]  # inputs and prefix outputs
+    sent: dict[str, np.ndarray] = field(default_factory=dict)  # the cut tensors
 
 
 class _BudgetSpent(Exception):
