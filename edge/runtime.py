@@ -20,6 +20,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from edge.breaker import CircuitBreaker
 from edge.client import DEFAULT_MAX_MESSAGE_BYTES, WorkerClient
+from edge.link import LinkEstimator
 from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
 from splitpoint import wire
@@ -81,6 +82,7 @@ class EdgeRuntime:
         self.max_attempts = max_attempts
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
+        self.link = LinkEstimator()
         self.last_trace: Trace | None = None
         if self.split.id != LOCAL and not cloud:
             raise SplitpointError(
@@ -245,6 +247,7 @@ class EdgeRuntime:
             trace.path = "cloud"
             trace.cloud_ms = self._compute_ms(response)  # type: ignore[arg-type]
             trace.network_ms = max(rtt * 1e3 - trace.cloud_ms, 0.0)
+            self.link.observe_transfer(trace.bytes_encoded + response.ByteSize(), trace.network_ms)  # type: ignore[attr-defined]
             self.breaker.record_success()
             return outputs
         trace.fallback_reason = reason

@@ -39,6 +39,7 @@ class _Pending:
         self.answered = threading.Event()
         self.outputs: dict[str, np.ndarray] | None = None  # None once answered: finish locally
         self.sent_at = 0.0
+        self.alone = False  # no other frame was in flight when it was sent
 
 
 class _Call:
@@ -92,6 +93,8 @@ class _Call:
                 trace.path = "cloud"
                 trace.cloud_ms = self._rt._compute_ms(response)
                 trace.network_ms = max((time.perf_counter() - p.sent_at) * 1e3 - trace.cloud_ms, 0.0)
+                if p.alone:  # otherwise its time includes waiting behind earlier frames
+                    self._rt.link.observe_transfer(trace.bytes_encoded + response.ByteSize(), trace.network_ms)
                 self._rt.breaker.record_success()  # type: ignore[union-attr]
         p.answered.set()
 
@@ -181,6 +184,7 @@ def _dispatch(rt: EdgeRuntime, p: _Pending, pending: dict[str, _Pending], lock: 
         p.answered.set()
         return
     with lock:
+        p.alone = not pending
         pending[p.request_id] = p
     if live is None:
         live = _Call(rt, pending, lock)

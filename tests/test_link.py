@@ -1,0 +1,69 @@
+"""The link estimator follows a link that changes, from the numbers requests produce."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge.link import LinkEstimator
+
+
+def _transfer(nbytes: int, bandwidth_bps: float, rtt_ms: float) -> float:
+    return rtt_ms + nbytes * 8 / bandwidth_bps * 1e3
+
+
+def test_converges_on_a_steady_link():
+    est = LinkEstimator()
+    est.observe_rtt(20.0)
+    for _ in range(5):
+        est.observe_transfer(250_000, _transfer(250_000, 10e6, 20.0))
+    e = est.estimate()
+    assert e.rtt_ms == pytest.approx(20.0) and e.bandwidth_bps == pytest.approx(10e6, rel=1e-6)
+
+
+def test_notices_a_step_change_within_a_few_requests():
+    est = LinkEstimator()
+    est.observe_rtt(5.0)
+    for _ in range(10):
+        est.observe_transfer(100_000, _transfer(100_000, 100e6, 5.0))
+    for n in range(1, 5):
+        est.observe_transfer(100_000, _transfer(100_000, 2e6, 5.0))
+        if est.estimate().bandwidth_bps < 4e6:  # within a factor 2 of the new link
+            break
+    assert n <= 3, f"took {n} requests"
+
+
+def test_rtt_dominated_transfers_do_not_pollute_bandwidth():
+    est = LinkEstimator()
+    est.observe_rtt(50.0)
+    est.observe_transfer(1_000_000, _transfer(1_000_000, 20e6, 50.0))
+    before = est.estimate().bandwidth_bps
+    est.observe_transfer(100, 50.5)  # a tiny request: all round trip
+    assert est.estimate().bandwidth_bps == before
+
+
+def test_unknown_until_observed_and_garbage_ignored():
+    est = LinkEstimator()
+    assert est.estimate().bandwidth_bps is None and est.estimate().rtt_ms is None
+    for bad in (float("nan"), float("inf"), -1.0):
+        est.observe_rtt(bad)
+        est.observe_transfer(1000, bad)
+    est.observe_transfer(0, 10.0)
+    assert est.estimate().samples == 0
+
+
+@given(
+    bw=st.floats(1e5, 1e10),
+    rtt=st.floats(0.1, 500),
+    sizes=st.lists(st.integers(10_000, 10_000_000), min_size=1, max_size=20),
+)
+def test_exact_observations_give_the_exact_link(bw, rtt, sizes):
+    est = LinkEstimator()
+    est.observe_rtt(rtt)
+    for n in sizes:
+        est.observe_transfer(n, _transfer(n, bw, rtt))
+    e = est.estimate()
+    assert e.rtt_ms == pytest.approx(rtt)
+    if e.bandwidth_bps is not None:  # None when every transfer was mostly round trip
+        assert e.bandwidth_bps == pytest.approx(bw, rel=1e-6)
