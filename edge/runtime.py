@@ -25,8 +25,8 @@ from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
 from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2 as pb
-from splitpoint.backends import load_session
-from splitpoint.bundle import LOCAL, Bundle, health_service, segment_model_name
+from splitpoint.backends import Session, load_session
+from splitpoint.bundle import LOCAL, Bundle, Split, health_service, segment_model_name
 from splitpoint.errors import CodecError, SplitpointError, WireError
 
 log = logging.getLogger("splitpoint.edge")
@@ -76,7 +76,7 @@ class EdgeRuntime:
     ):
         self.bundle = Bundle(bundle)
         m = self.bundle.manifest
-        self.split = m.split(split or m.default_split)
+        pinned = m.split(split or m.default_split)
         self.deadline_ms = float(deadline_ms)
         self.codec = codec_mod.parse(codec or m.codec)
         self.max_attempts = max_attempts
@@ -84,38 +84,40 @@ class EdgeRuntime:
         self.counters = Counters()
         self.link = LinkEstimator()
         self.last_trace: Trace | None = None
-        if self.split.id != LOCAL and not cloud:
+        if pinned.id != LOCAL and not cloud:
             raise SplitpointError(
-                f"split {self.split.id!r} needs a worker: pass cloud='HOST:PORT', or split='local' to run all here"
+                f"split {pinned.id!r} needs a worker: pass cloud='HOST:PORT', or split='local' to run all here"
             )
 
+        self._threads = threads
         self._full = load_session(self.bundle.model_path(), threads=threads)
-        self._prefix = load_session(self.bundle.path(self.split.edge_file), threads=threads) if self.split.edge_file else None
-        self._suffix = None
-        if self.split.cloud_file is not None:
-            same_as_full = self.bundle.path(self.split.cloud_file) == self.bundle.model_path()
-            self._suffix = self._full if same_as_full else load_session(self.bundle.path(self.split.cloud_file), threads=threads)
+        self._segments = {pinned.id: self._load_segments(pinned)}
+        self._pinned = self._segments[pinned.id]
 
-        self.model_name = segment_model_name(m.name, self.split.id)
         self._client: WorkerClient | None = None
         self.breaker: CircuitBreaker | None = None
-        if self.split.id != LOCAL:
+        if pinned.id != LOCAL:
             self._client = WorkerClient(cloud, max_message_bytes)  # type: ignore[arg-type]
-            service = health_service(self.model_name, m.model_sha256)
+            service = health_service(self._pinned.model_name, m.model_sha256)
             self.breaker = CircuitBreaker(lambda: self._client.serving(service), failure_threshold)
+
+    @property
+    def split(self) -> Split:
+        """The split requests take."""
+        return self._pinned.split
 
     # -- public -------------------------------------------------------------
 
     def infer(self, inputs: Mapping[str, np.ndarray], deadline_ms: float | None = None) -> dict[str, np.ndarray]:
         """Run the model on ``inputs``; always returns the full model's outputs."""
-        frame = self._edge_half(inputs)
-        if self._suffix is None:  # split "local": the edge half was the whole model
+        frame = self._edge_half(inputs, self._pinned)
+        if frame.segments.suffix is None:  # split "local": the edge half was the whole model
             return self._complete(frame, {})
         budget_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         remote = None
         assert self.breaker is not None
         if self.breaker.allow():
-            remote = self._call_worker(frame.sent, frame.trace, frame.start + budget_ms / 1e3)
+            remote = self._call_worker(frame, frame.start + budget_ms / 1e3)
         else:
             frame.trace.fallback_reason = "circuit open"
         return self._complete(frame, remote if remote is not None else self._suffix_locally(frame))
@@ -167,17 +169,29 @@ class EdgeRuntime:
             feeds[s.name] = a
         return feeds
 
-    def _edge_half(self, inputs: Mapping[str, np.ndarray]) -> Frame:
+    def _load_segments(self, split: Split) -> Segments:
+        """The sessions one split needs on the edge: its prefix, and its suffix for local completion."""
+
+        def open_(rel: str | None) -> Session | None:
+            if rel is None:
+                return None
+            path = self.bundle.path(rel)
+            return self._full if path == self.bundle.model_path() else load_session(path, threads=self._threads)
+
+        model_name = segment_model_name(self.bundle.name, split.id)
+        return Segments(split, model_name, open_(split.edge_file), open_(split.cloud_file))
+
+    def _edge_half(self, inputs: Mapping[str, np.ndarray], segments: Segments) -> Frame:
         """Check the inputs and run what runs on the edge before the cut."""
         start = time.perf_counter()
         feeds = self._check_inputs(inputs)
         available = dict(feeds)
-        session = self._full if self._suffix is None else self._prefix
+        session = self._full if segments.suffix is None else segments.prefix
         if session is not None:
             available.update(session.run(feeds))
-        frame = Frame(Trace(split=self.split.id), start, available)
-        if self._suffix is not None:
-            frame.sent = {n: available[n] for n in self.split.sent_names}
+        frame = Frame(Trace(split=segments.split.id), segments, start, available)
+        if segments.suffix is not None:
+            frame.sent = {n: available[n] for n in segments.split.sent_names}
             frame.trace.bytes_raw = sum(a.nbytes for a in frame.sent.values())
         frame.trace.edge_ms = (time.perf_counter() - start) * 1e3
         return frame
@@ -186,7 +200,7 @@ class EdgeRuntime:
         """Finish the inference here from the cut tensors already computed."""
         frame.trace.path = "fallback"
         t = time.perf_counter()
-        outputs = self._suffix.run(frame.sent)  # type: ignore[union-attr]
+        outputs = frame.segments.suffix.run(frame.sent)  # type: ignore[union-attr]
         frame.trace.local_suffix_ms = (time.perf_counter() - t) * 1e3
         return outputs
 
@@ -198,9 +212,13 @@ class EdgeRuntime:
         self.counters.record(frame.trace)
         return {o.name: merged[o.name] for o in self.bundle.manifest.outputs}
 
-    def _encode(self, sent: Mapping[str, np.ndarray], request_id: str = "") -> tuple[pb.ModelInferRequest, int]:
+    def _encode(self, frame: Frame, request_id: str = "") -> tuple[pb.ModelInferRequest, int]:
         return wire.build_request(
-            self.model_name, sent, self.codec, {wire.MODEL_SHA256: self.bundle.manifest.model_sha256}, request_id
+            frame.segments.model_name,
+            frame.sent,
+            self.codec,
+            {wire.MODEL_SHA256: self.bundle.manifest.model_sha256},
+            request_id,
         )
 
     @staticmethod
@@ -208,11 +226,12 @@ class EdgeRuntime:
         compute_us = wire.get_params(response.parameters).get(wire.COMPUTE_US, 0)
         return float(compute_us) / 1e3 if isinstance(compute_us, int) else 0.0
 
-    def _call_worker(self, sent: dict[str, np.ndarray], trace: Trace, deadline: float) -> dict[str, np.ndarray] | None:
+    def _call_worker(self, frame: Frame, deadline: float) -> dict[str, np.ndarray] | None:
         """The suffix's outputs from the worker, or None (reason in the trace)."""
         assert self._client is not None and self.breaker is not None
+        trace = frame.trace
         try:
-            request, trace.bytes_encoded = self._encode(sent)
+            request, trace.bytes_encoded = self._encode(frame)
         except (CodecError, WireError) as e:
             trace.fallback_reason = f"encode failed: {e}"
             return None
@@ -256,10 +275,21 @@ class EdgeRuntime:
 
 
 @dataclass
+class Segments:
+    """What the edge holds for one split."""
+
+    split: Split
+    model_name: str  # the worker's OIP model for the suffix
+    prefix: Session | None  # None when nothing runs before the cut
+    suffix: Session | None  # None for "local"; runs here when the worker cannot
+
+
+@dataclass
 class Frame:
     """One input on its way through the split: what the edge computed so far."""
 
     trace: Trace
+    segments: Segments
     start: float
     available: dict[str, np.ndarray]  # inputs and prefix outputs
     sent: dict[str, np.ndarray] = field(default_factory=dict)  # the cut tensors

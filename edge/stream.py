@@ -116,7 +116,7 @@ def pipelined(
 ) -> Iterator[dict[str, np.ndarray]]:
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
-    if rt._suffix is None:  # split "local": nothing to overlap with
+    if rt._pinned.suffix is None:  # split "local": nothing to overlap with
         for x in inputs:
             yield rt.infer(x)
         return
@@ -134,7 +134,7 @@ def pipelined(
                 slots.acquire()
                 if stop.is_set():
                     return
-                frame = rt._edge_half(x)
+                frame = rt._edge_half(x, rt._pinned)
                 p = _Pending(str(seq), frame, frame.start + budget_ms / 1e3)
                 order.put(p)
                 _dispatch(rt, p, pending, lock, calls)
@@ -178,7 +178,7 @@ def _dispatch(rt: EdgeRuntime, p: _Pending, pending: dict[str, _Pending], lock: 
         p.answered.set()
         return
     try:
-        request, p.frame.trace.bytes_encoded = rt._encode(p.frame.sent, p.request_id)
+        request, p.frame.trace.bytes_encoded = rt._encode(p.frame, p.request_id)
     except (CodecError, WireError) as e:
         p.frame.trace.fallback_reason = f"encode failed: {e}"
         p.answered.set()

@@ -60,8 +60,9 @@ def test_unreachable_worker_falls_back_then_opens_circuit(demo_bundle, local):
     address = f"127.0.0.1:{free_port()}"  # nothing listens here
     with EdgeRuntime(demo_bundle, cloud=address, failure_threshold=2) as rt:
         prefix_runs = []
-        run = rt._prefix.run
-        rt._prefix.run = lambda feeds: prefix_runs.append(1) or run(feeds)  # count, don't change
+        prefix = rt._pinned.prefix
+        run = prefix.run
+        prefix.run = lambda feeds: prefix_runs.append(1) or run(feeds)  # count, don't change
         traces = []
         for x in _images(4):
             assert difference(local.infer(x), rt.infer(x)).ok
