@@ -9,6 +9,7 @@ computed twice and the answer is the full model's.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,12 +22,14 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from edge.breaker import CircuitBreaker
 from edge.client import DEFAULT_MAX_MESSAGE_BYTES, WorkerClient
 from edge.link import LinkEstimator
+from edge.policy import Explore, LowestPredicted, Pinned, SplitPolicy
 from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
 from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.backends import Session, load_session
-from splitpoint.bundle import LOCAL, Bundle, Split, health_service, segment_model_name
+from splitpoint.bundle import LOCAL, Bundle, Manifest, Split, health_service, segment_model_name
+from splitpoint.cost import SplitCost
 from splitpoint.errors import CodecError, SplitpointError, WireError
 
 log = logging.getLogger("splitpoint.edge")
@@ -76,7 +79,6 @@ class EdgeRuntime:
     ):
         self.bundle = Bundle(bundle)
         m = self.bundle.manifest
-        pinned = m.split(split or m.default_split)
         self.deadline_ms = float(deadline_ms)
         self.codec = codec_mod.parse(codec or m.codec)
         self.max_attempts = max_attempts
@@ -84,33 +86,38 @@ class EdgeRuntime:
         self.counters = Counters()
         self.link = LinkEstimator()
         self.last_trace: Trace | None = None
-        if pinned.id != LOCAL and not cloud:
+        self.policy: SplitPolicy = _auto_policy(m) if split == AUTO else Pinned(m.split(split or m.default_split).id)
+        ids = self.policy.candidates
+        remote = [i for i in ids if i != LOCAL]
+        if remote and not cloud:
             raise SplitpointError(
-                f"split {pinned.id!r} needs a worker: pass cloud='HOST:PORT', or split='local' to run all here"
+                f"split {split or m.default_split!r} needs a worker: pass cloud='HOST:PORT', or split='local' to run all here"
             )
 
         self._threads = threads
         self._full = load_session(self.bundle.model_path(), threads=threads)
-        self._segments = {pinned.id: self._load_segments(pinned)}
-        self._pinned = self._segments[pinned.id]
+        self._segments = {i: self._load_segments(m.split(i)) for i in ids}
 
         self._client: WorkerClient | None = None
         self.breaker: CircuitBreaker | None = None
-        if pinned.id != LOCAL:
+        self._closed = threading.Event()
+        if remote:
             self._client = WorkerClient(cloud, max_message_bytes)  # type: ignore[arg-type]
-            service = health_service(self._pinned.model_name, m.model_sha256)
+            service = health_service(self._segments[remote[0]].model_name, m.model_sha256)
             self.breaker = CircuitBreaker(lambda: self._client.serving(service), failure_threshold)
+            if split == AUTO:
+                threading.Thread(target=self._probe_rtt, args=(service,), name="splitpoint-rtt-probe", daemon=True).start()
 
     @property
     def split(self) -> Split:
-        """The split requests take."""
-        return self._pinned.split
+        """The split the next request would take if the link stays as estimated."""
+        return self._segments[self.policy.current].split
 
     # -- public -------------------------------------------------------------
 
     def infer(self, inputs: Mapping[str, np.ndarray], deadline_ms: float | None = None) -> dict[str, np.ndarray]:
         """Run the model on ``inputs``; always returns the full model's outputs."""
-        frame = self._edge_half(inputs, self._pinned)
+        frame = self._edge_half(inputs, self._choose())
         if frame.segments.suffix is None:  # split "local": the edge half was the whole model
             return self._complete(frame, {})
         budget_ms = self.deadline_ms if deadline_ms is None else deadline_ms
@@ -138,6 +145,7 @@ class EdgeRuntime:
         return pipelined(self, inputs, max_in_flight, budget_ms)
 
     def close(self) -> None:
+        self._closed.set()
         if self.breaker is not None:
             self.breaker.shutdown()
         if self._client is not None:
@@ -168,6 +176,18 @@ class EdgeRuntime:
             wire.check_tensor(s.name, a, s)
             feeds[s.name] = a
         return feeds
+
+    def _choose(self) -> Segments:
+        return self._segments[self.policy.choose(self.link.estimate())]
+
+    def _probe_rtt(self, service: str, interval_s: float = 1.0) -> None:
+        """Time a health check at start and then now and then: the round trip without payload."""
+        while True:
+            start = time.perf_counter()
+            if self._client is not None and self._client.serving(service, timeout=1.0):
+                self.link.observe_rtt((time.perf_counter() - start) * 1e3)
+            if self._closed.wait(interval_s):
+                return
 
     def _load_segments(self, split: Split) -> Segments:
         """The sessions one split needs on the edge: its prefix, and its suffix for local completion."""
@@ -293,6 +313,24 @@ class Frame:
     start: float
     available: dict[str, np.ndarray]  # inputs and prefix outputs
     sent: dict[str, np.ndarray] = field(default_factory=dict)  # the cut tensors
+
+
+AUTO = "auto"
+
+
+def _auto_policy(m: Manifest) -> SplitPolicy:
+    """split="auto": the lowest predicted latency for the measured link, exploring while local."""
+    costs = {s.id: SplitCost.from_json(s.predicted) for s in m.splits if s.predicted}
+    if not costs:
+        raise SplitpointError(
+            f"split='auto' needs predicted costs in bundle {m.name!r}: "
+            "make it with `splitpoint split MODEL -o BUNDLE --candidates auto`"
+        )
+    start = m.default_split if m.default_split in costs else next(iter(costs))
+    policy = LowestPredicted(costs, start)
+    remote = [i for i, c in costs.items() if not c.local]
+    # The cheapest remote split to send while exploring: the fewest bytes on the wire.
+    return Explore(policy, min(remote, key=lambda i: costs[i].sent_bytes)) if remote else policy
 
 
 class _BudgetSpent(Exception):

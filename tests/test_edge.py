@@ -60,7 +60,7 @@ def test_unreachable_worker_falls_back_then_opens_circuit(demo_bundle, local):
     address = f"127.0.0.1:{free_port()}"  # nothing listens here
     with EdgeRuntime(demo_bundle, cloud=address, failure_threshold=2) as rt:
         prefix_runs = []
-        prefix = rt._pinned.prefix
+        prefix = rt._segments[rt.split.id].prefix
         run = prefix.run
         prefix.run = lambda feeds: prefix_runs.append(1) or run(feeds)  # count, don't change
         traces = []
@@ -154,3 +154,45 @@ def test_split_needing_a_worker_without_address_is_refused(demo_bundle):
 def test_unknown_split_lists_known_ones(demo_bundle):
     with pytest.raises(SplitpointError, match="has no split 'nope'.*local"):
         EdgeRuntime(demo_bundle, split="nope")
+
+
+@pytest.fixture
+def priced_bundle(demo_bundle, tmp_path):
+    """The demo bundle with predicted costs under which only the pool.out split makes sense."""
+    import json
+    import shutil
+
+    root = tmp_path / "priced"
+    shutil.copytree(demo_bundle, root)
+    m = json.loads((root / "manifest.json").read_text())
+    for s in m["splits"]:
+        sent = sum(t["bytes"] for t in s["cut"])
+        s["predicted"] = (
+            {"edge_ms": 1000.0, "local": True} if s["id"] == "local"
+            else {"edge_ms": 5.0 if s["id"] == "pool.out" else 50.0, "cloud_ms": 1.0, "local_suffix_ms": 1.0,
+                  "sent_bytes": sent, "response_bytes": 40}
+        )
+    (root / "manifest.json").write_text(json.dumps(m))
+    return root
+
+
+def test_auto_split_moves_to_the_lowest_predicted_split(priced_bundle, worker_factory, local):
+    w = worker_factory(priced_bundle)
+    with EdgeRuntime(priced_bundle, cloud=w.address, split="auto") as rt:
+        start = rt.split.id
+        assert start == Bundle(priced_bundle).manifest.default_split != "pool.out"
+        deadline = time.monotonic() + 10
+        while rt.link.estimate().rtt_ms is None and time.monotonic() < deadline:  # the first RTT probe
+            time.sleep(0.01)
+        splits = []
+        for x in _images(6):
+            assert difference(local.infer(x), rt.infer(x)).ok
+            splits.append((rt.last_trace.split, rt.last_trace.path))
+        assert splits[0] == (start, "cloud")  # before any measurement: the bundle's default
+        assert splits[-1] == ("pool.out", "cloud") and rt.split.id == "pool.out"
+        assert rt.link.estimate().bandwidth_bps is not None
+
+
+def test_auto_split_needs_predicted_costs(demo_bundle, worker):
+    with pytest.raises(SplitpointError, match="--candidates auto"):
+        EdgeRuntime(demo_bundle, cloud=worker.address, split="auto")
