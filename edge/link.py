@@ -2,15 +2,18 @@
 
 Each answered request gives its network time (round trip minus the worker's
 reported compute time) and its bytes on the wire; small health probes give
-the round-trip time alone. Both are smoothed (EWMA; bandwidth in the log
-domain, since links change by factors, not by amounts), so a link that
-became slow or fast shows within a few requests.
+the round-trip time alone. The RTT is the minimum of the last few samples
+(a probe that also paid for connection set-up or queueing must not count as
+the link's delay); bandwidth is smoothed (EWMA in the log domain, since links
+change by factors, not by amounts), so a link that became slow or fast shows
+within a few requests.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -27,25 +30,32 @@ class LinkEstimator:
     ``alpha`` weighs the newest sample (0.5: half the estimate is the latest
     observation, so a step change is mostly seen after two or three samples).
     A transfer whose network time is mostly round trip says little about
-    bandwidth; below ``min_transfer_share`` of its time it is not used for it.
+    bandwidth; below ``min_transfer_share`` of its time it only sets a floor
+    (the link carried its bytes at least that fast), so a link that came back
+    fast is still noticed.
+    The RTT is the minimum of the last ``rtt_window`` samples.
     """
 
-    def __init__(self, alpha: float = 0.5, min_transfer_share: float = 0.2):
+    def __init__(self, alpha: float = 0.5, min_transfer_share: float = 0.2, rtt_window: int = 5):
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = alpha
         self.min_transfer_share = min_transfer_share
         self._lock = threading.Lock()
         self._log_bw: float | None = None
-        self._rtt_ms: float | None = None
+        self._rtts: deque[float] = deque(maxlen=rtt_window)
         self._samples = 0
+
+    @property
+    def _rtt_ms(self) -> float | None:
+        return min(self._rtts) if self._rtts else None
 
     def observe_rtt(self, rtt_ms: float) -> None:
         """A round trip that carried (almost) no payload: a health probe."""
         if rtt_ms < 0 or not math.isfinite(rtt_ms):
             return
         with self._lock:
-            self._rtt_ms = rtt_ms if self._rtt_ms is None else self._ewma(self._rtt_ms, rtt_ms)
+            self._rtts.append(rtt_ms)
             self._samples += 1
 
     def observe_transfer(self, nbytes: int, network_ms: float) -> None:
@@ -55,14 +65,19 @@ class LinkEstimator:
         with self._lock:
             self._samples += 1
             rtt = self._rtt_ms
-            if rtt is None or network_ms < rtt:
-                # No probe yet, or this one beat the estimate: the RTT is at most this.
-                self._rtt_ms = network_ms if rtt is None else self._ewma(rtt, network_ms)
+            if rtt is None:  # no probe yet: bandwidth cannot be told from the round trip
                 return
-            transfer_ms = network_ms - rtt
-            if transfer_ms < self.min_transfer_share * network_ms:
-                return
-            sample = math.log(nbytes * 8 / (transfer_ms / 1e3))
+            if network_ms < rtt:  # faster than the RTT estimate: the RTT is at most this
+                self._rtts.append(network_ms)
+            transfer_ms = network_ms - min(rtt, network_ms)
+            if transfer_ms >= self.min_transfer_share * network_ms:
+                sample = math.log(nbytes * 8 / (transfer_ms / 1e3))
+            else:
+                # Mostly round trip: only a floor, as if the whole time had been transfer.
+                floor = math.log(nbytes * 8 / (network_ms / 1e3))
+                if self._log_bw is not None and self._log_bw >= floor:
+                    return
+                sample = floor
             self._log_bw = sample if self._log_bw is None else self._ewma(self._log_bw, sample)
 
     def estimate(self) -> LinkEstimate:

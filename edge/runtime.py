@@ -8,6 +8,7 @@ computed twice and the answer is the full model's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -85,6 +86,7 @@ class EdgeRuntime:
         self.max_message_bytes = max_message_bytes
         self.counters = Counters()
         self.link = LinkEstimator()
+        self.busy = InFlight()
         self.last_trace: Trace | None = None
         self.policy: SplitPolicy = _auto_policy(m) if split == AUTO else Pinned(m.split(split or m.default_split).id)
         ids = self.policy.candidates
@@ -181,13 +183,16 @@ class EdgeRuntime:
         return self._segments[self.policy.choose(self.link.estimate())]
 
     def _probe_rtt(self, service: str, interval_s: float = 1.0) -> None:
-        """Time a health check at start and then now and then: the round trip without payload."""
-        while True:
+        """Time health checks: the round trip without payload. A few quick ones at start
+        (the first also pays for connecting), then one every ``interval_s``."""
+        for wait_s in itertools.chain([0.0, 0.02, 0.05], itertools.repeat(interval_s / 4, 3), itertools.repeat(interval_s)):
+            if self._closed.wait(wait_s):
+                return
+            if not self.busy.idle:  # it would queue behind requests' bytes: not the link's delay
+                continue
             start = time.perf_counter()
             if self._client is not None and self._client.serving(service, timeout=1.0):
                 self.link.observe_rtt((time.perf_counter() - start) * 1e3)
-            if self._closed.wait(interval_s):
-                return
 
     def _load_segments(self, split: Split) -> Segments:
         """The sessions one split needs on the edge: its prefix, and its suffix for local completion."""
@@ -272,7 +277,8 @@ class EdgeRuntime:
             reraise=True,
         )
         try:
-            response, rtt = retrying(attempt)
+            with self.busy:
+                response, rtt = retrying(attempt)
             outputs = wire.read_response(response)  # type: ignore[arg-type]
         except _BudgetSpent:
             reason, fatal = "deadline exceeded", False
@@ -292,6 +298,28 @@ class EdgeRuntime:
         trace.fallback_reason = reason
         self.breaker.record_failure(reason, fatal=fatal)
         return None
+
+
+class InFlight:
+    """How many calls to the worker are under way (a context manager counts one)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._count += n
+
+    @property
+    def idle(self) -> bool:
+        return self._count == 0
+
+    def __enter__(self) -> None:
+        self.add(1)
+
+    def __exit__(self, *exc) -> None:
+        self.add(-1)
 
 
 @dataclass

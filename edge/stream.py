@@ -80,6 +80,7 @@ class _Call:
             p = self._pending.pop(response.id, None)
         if p is None:  # answered late: the frame was already finished locally
             return
+        self._rt.busy.add(-1)
         trace = p.frame.trace
         if answer.error_message:
             trace.fallback_reason = f"worker refused the frame: {answer.error_message}"
@@ -104,6 +105,7 @@ class _Call:
             self.broken = True
             orphans = list(self._pending.values())
             self._pending.clear()
+        self._rt.busy.add(-len(orphans))
         if orphans and reason != "stream ended":
             self._rt.breaker.record_failure(reason)  # type: ignore[union-attr]
         for p in orphans:
@@ -153,7 +155,8 @@ def pipelined(
             p: _Pending = item
             if not p.answered.wait(max(p.deadline - time.perf_counter(), 0.0)):
                 with lock:
-                    pending.pop(p.request_id, None)  # its answer, if it still comes, is dropped
+                    if pending.pop(p.request_id, None) is not None:  # its answer, if it still comes, is dropped
+                        rt.busy.add(-1)
                 p.frame.trace.fallback_reason = "deadline exceeded"
                 rt.breaker.record_failure("deadline exceeded")  # type: ignore[union-attr]
             outputs = p.outputs if p.outputs is not None else rt._suffix_locally(p.frame)
@@ -185,6 +188,7 @@ def _dispatch(rt: EdgeRuntime, p: _Pending, pending: dict[str, _Pending], lock: 
     with lock:
         p.alone = not pending
         pending[p.request_id] = p
+    rt.busy.add(1)
     if live is None:
         live = _Call(rt, pending, lock)
         calls.append(live)

@@ -156,9 +156,9 @@ def test_unknown_split_lists_known_ones(demo_bundle):
         EdgeRuntime(demo_bundle, split="nope")
 
 
-@pytest.fixture
-def priced_bundle(demo_bundle, tmp_path):
-    """The demo bundle with predicted costs under which only the pool.out split makes sense."""
+@pytest.fixture(params=[1000.0])
+def priced_bundle(demo_bundle, tmp_path, request):
+    """The demo bundle with predicted costs under which pool.out is the split to take (local costs ``param`` ms)."""
     import json
     import shutil
 
@@ -168,7 +168,7 @@ def priced_bundle(demo_bundle, tmp_path):
     for s in m["splits"]:
         sent = sum(t["bytes"] for t in s["cut"])
         s["predicted"] = (
-            {"edge_ms": 1000.0, "local": True} if s["id"] == "local"
+            {"edge_ms": request.param, "local": True} if s["id"] == "local"
             else {"edge_ms": 5.0 if s["id"] == "pool.out" else 50.0, "cloud_ms": 1.0, "local_suffix_ms": 1.0,
                   "sent_bytes": sent, "response_bytes": 40}
         )
@@ -196,3 +196,28 @@ def test_auto_split_moves_to_the_lowest_predicted_split(priced_bundle, worker_fa
 def test_auto_split_needs_predicted_costs(demo_bundle, worker):
     with pytest.raises(SplitpointError, match="--candidates auto"):
         EdgeRuntime(demo_bundle, cloud=worker.address, split="auto")
+
+
+@pytest.mark.parametrize("priced_bundle", [200.0], indirect=True)
+def test_auto_split_follows_a_link_that_changes(priced_bundle, worker_factory, local):
+    """Fast link: split at pool.out. Slow link: all local within a few requests. Fast again: back."""
+    from testbed.linkproxy import LinkProxy
+
+    w = worker_factory(priced_bundle)
+    with LinkProxy(w.address, bandwidth_bps=100e6, delay_ms=2) as link, \
+            EdgeRuntime(priced_bundle, cloud=link.address, split="auto", deadline_ms=5000) as rt:
+        x = _images(1)[0]
+        want = local.infer(x)
+
+        def run_until(split_id: str, limit: int) -> int:
+            for n in range(1, limit + 1):
+                assert difference(want, rt.infer(x)).ok
+                if rt.last_trace.split == split_id and rt.split.id == split_id:
+                    return n
+            raise AssertionError(f"still on {rt.split.id} after {limit} requests; link {rt.link.estimate()}")
+
+        run_until("pool.out", 10)
+        link.set(bandwidth_bps=0.5e6)  # pool.out's 60 KB now take a second: local (200 ms) wins
+        assert run_until("local", 4) <= 4
+        link.set(bandwidth_bps=100e6)
+        run_until("pool.out", 45)  # exploration sends one request in 20 through the worker
