@@ -1,0 +1,88 @@
+"""Device emulation: run the edge side on a fraction of a core.
+
+A 2-core machine can stand in for a phone talking to a server when the edge
+process gets, say, a quarter of a core. The CPU quota comes from a cgroup
+(v1 ``cpu`` controller or v2 ``cpu.max``) when this process may create one
+(root on Linux); otherwise it falls back to pinning to one core, which cannot
+go below a whole core. ``method`` says which was used, so a benchmark can
+state it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+PERIOD_US = 100_000
+
+
+class CpuLimit:
+    """A CPU quota of ``cpus`` cores for the processes moved into it.
+
+    Use as a context manager around the code that should run slowly:
+    ``with CpuLimit(0.25): rt.infer(x)`` moves this whole process (all its
+    threads) into the group and back out on exit. Child processes started
+    inside inherit the limit; start the worker before entering.
+    """
+
+    def __init__(self, cpus: float):
+        if not cpus > 0:
+            raise ValueError(f"cpus must be positive, got {cpus}")
+        self.cpus = cpus
+        self.method = "none"
+        self._group: Path | None = None
+        self._previous_affinity: set[int] | None = None
+        self._previous_group: Path | None = None
+
+    def __enter__(self) -> CpuLimit:
+        self._group, self.method = _make_group(self.cpus)
+        if self._group is not None:
+            self._previous_group = _current_group(self.method)
+            (self._group / "cgroup.procs").write_text(str(os.getpid()))
+        else:
+            self._previous_affinity = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {min(self._previous_affinity)})
+            self.method = "affinity (1 core; a cgroup quota was not available)"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._group is not None:
+            (self._previous_group / "cgroup.procs").write_text(str(os.getpid()))  # type: ignore[operator]
+            self._group.rmdir()
+            self._group = None
+        elif self._previous_affinity is not None:
+            os.sched_setaffinity(0, self._previous_affinity)
+
+
+def _make_group(cpus: float) -> tuple[Path | None, str]:
+    name = f"splitpoint-{uuid.uuid4().hex[:8]}"
+    quota = int(cpus * PERIOD_US)
+    try:
+        if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+            group = CGROUP_V1 / name
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+            return group, f"cgroup v1 cpu quota {quota}/{PERIOD_US} us"
+        if (CGROUP_V2 / "cgroup.controllers").exists() and "cpu" in (CGROUP_V2 / "cgroup.controllers").read_text():
+            group = CGROUP_V2 / name
+            group.mkdir()
+            (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+            return group, f"cgroup v2 cpu.max {quota} {PERIOD_US}"
+    except OSError:
+        pass
+    return None, "none"
+
+
+def _current_group(method: str) -> Path:
+    """The cgroup this process is in now, to return to it."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if method.startswith("cgroup v1") and "cpu" in controllers.split(","):
+            return CGROUP_V1 / path.lstrip("/")
+        if method.startswith("cgroup v2") and controllers == "":
+            return CGROUP_V2 / path.lstrip("/")
+    return CGROUP_V1 if method.startswith("cgroup v1") else CGROUP_V2

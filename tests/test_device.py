@@ -1,0 +1,32 @@
+"""Device emulation slows this process down as much as the quota says."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from testbed.device import CpuLimit
+
+
+def _burn(cpu_seconds: float) -> float:
+    """Spin for ``cpu_seconds`` of this thread's CPU time; return the wall time it took."""
+    start, cpu0 = time.perf_counter(), time.thread_time()
+    x = 0
+    while time.thread_time() - cpu0 < cpu_seconds:
+        x += 1
+    return time.perf_counter() - start
+
+
+def test_quarter_core_takes_four_times_as_long():
+    with CpuLimit(0.25) as limit:
+        if not limit.method.startswith("cgroup"):
+            pytest.skip(f"no cgroup CPU quota on this machine ({limit.method})")
+        wall = _burn(0.3)
+    assert wall == pytest.approx(1.2, rel=0.15), (wall, limit.method)
+    assert _burn(0.1) < 0.2  # and back at full speed afterwards
+
+
+def test_bad_quota():
+    with pytest.raises(ValueError):
+        CpuLimit(0)
