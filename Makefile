@@ -19,7 +19,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,torch,plot]' $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev,torch,plot,tflite]' $(TORCH)
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

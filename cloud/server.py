@@ -9,12 +9,16 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cloud.admission import Admission
 from cloud.core import InferenceCore
+from cloud.metrics import WorkerMetrics
 from cloud.repository import load_segments
+from cloud.security import TokenInterceptor, check_token, server_credentials
 from cloud.servicer import InferenceServicer
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.bundle import health_service
@@ -24,6 +28,12 @@ log = logging.getLogger("splitpoint.cloud")
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 DEFAULT_MAX_DECODED_BYTES = 1 << 30
+DEFAULT_MAX_INFLIGHT = 2
+DEFAULT_MAX_QUEUE = 32
+DEFAULT_GRACE_S = 5.0
+# Threads beyond the admission bounds, so health checks, metadata calls and the
+# immediate refusals of a full queue still get a thread when every slot is taken.
+SPARE_THREADS = 4
 
 
 @dataclass
@@ -34,10 +44,15 @@ class Worker:
     health: health.HealthServicer
     address: str
     models: list[str]
+    metrics_server: WSGIServer | None = None
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = DEFAULT_GRACE_S) -> None:
+        """Report NOT_SERVING, refuse new calls, let running ones finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -49,57 +64,100 @@ def serve(
     port: int = 8500,
     *,
     threads: int | None = None,
-    max_workers: int = 8,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    max_queue: int = DEFAULT_MAX_QUEUE,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    tls_client_ca: str | Path | None = None,
+    token: str | None = None,
+    metrics_port: int | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
     block: bool = True,
 ) -> Worker:
     """Serve every cloud segment of ``bundles`` as an OIP model.
 
-    With ``block`` it runs until SIGINT/SIGTERM and then drains; otherwise it
-    returns the running ``Worker`` (``port=0`` picks a free port).
+    At most ``max_inflight`` requests compute at once and ``max_queue`` wait;
+    past that a request gets RESOURCE_EXHAUSTED at once. ``tls_cert``/``tls_key``
+    turn on TLS, ``tls_client_ca`` mutual TLS, ``token`` bearer-token checks on
+    the OIP service; ``metrics_port`` serves Prometheus metrics over HTTP.
+    With ``block`` it runs until SIGINT/SIGTERM and then drains for
+    ``grace_s`` seconds; otherwise it returns the running ``Worker``
+    (``port=0`` picks a free port).
     """
     if not bundles:
         raise SplitpointError("no bundle to serve: give at least one bundle directory")
+    # Security settings are checked before the (slow) model loading, so mistakes show at once.
+    if (tls_cert is None) != (tls_key is None):
+        raise SplitpointError("TLS needs both a certificate and its private key (--tls-cert and --tls-key)")
+    if tls_client_ca is not None and tls_cert is None:
+        raise SplitpointError("mutual TLS (--tls-client-ca) needs TLS: give --tls-cert and --tls-key too")
+    credentials = server_credentials(tls_cert, tls_key, tls_client_ca) if tls_cert is not None else None
+    if token is not None:
+        check_token(token)
+    admission = Admission(max_inflight, max_queue)
+
     segments = load_segments(bundles, threads=threads)
     if not segments:
         raise SplitpointError("the bundles have no cloud segments to serve")
-    options = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(InferenceCore(segments), max_decoded_bytes), server
+    metrics = WorkerMetrics(segments, admission)
+    rpc_threads = max_inflight + max_queue + SPARE_THREADS
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=rpc_threads, thread_name_prefix="rpc"),
+        interceptors=[TokenInterceptor(token, metrics.unauthenticated.inc)] if token is not None else [],
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        # Calls past the threads are refused (RESOURCE_EXHAUSTED) instead of waiting unseen in gRPC's own queue.
+        maximum_concurrent_rpcs=rpc_threads,
     )
+    core = InferenceCore(segments, admission, metrics)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core, metrics, max_decoded_bytes), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    target = f"{host}:{port}"
+    bound = server.add_secure_port(target, credentials) if credentials else server.add_insecure_port(target)
     if bound == 0:
-        raise SplitpointError(f"cannot listen on {host}:{port} (address in use or not permitted)")
+        raise SplitpointError(f"cannot listen on {target} (address in use or not permitted)")
+    metrics_server = metrics.serve_http(host, metrics_port) if metrics_port is not None else None
+    stop = _stop_on_signals() if block else None  # before readiness, so no signal finds the default handler
     server.start()
     # Ready only now that every session is loaded.
     names = ["", *segments, *(health_service(s.name, s.model_sha256) for s in segments.values())]
     for name in names:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{host}:{bound}"
-    worker = Worker(server, health_servicer, address, sorted(segments))
-    stop = _stop_on_signals() if block else None
-    log.info("splitpoint worker listening on %s, serving %d model(s): %s", address, len(segments), ", ".join(worker.models))
+    worker = Worker(server, health_servicer, address, sorted(segments), metrics_server)
+    if token is not None and credentials is None:
+        log.warning("bearer tokens without TLS travel in clear text: use --tls-cert/--tls-key "
+                    "unless a TLS-terminating proxy sits in front of the worker")
+    transport = "plaintext" if credentials is None else "mutual TLS" if tls_client_ca is not None else "TLS"
+    auth = ", bearer token" if token is not None else ""
+    metrics_at = f"; metrics at http://{host}:{metrics_server.server_port}/metrics" if metrics_server else ""
+    log.info(
+        "splitpoint worker listening on %s (%s%s), serving %d model(s): %s%s",
+        address, transport, auth, len(segments), ", ".join(worker.models), metrics_at,
+        extra={"event": "listening", "address": address, "transport": transport, "models": worker.models},
+    )
     if stop is not None:
-        stop.wait()
-        worker.stop()
-        log.info("worker stopped")
+        # A signal may land on one of gRPC's threads, which does not wake a main thread blocked
+        # in wait(); Python runs the handler only once the main thread runs again, so poll.
+        while not stop.wait(timeout=0.2):
+            pass
+        worker.stop(grace_s)
+        log.info("worker stopped", extra={"event": "stopped"})
     return worker
 
 
 def _stop_on_signals() -> threading.Event:
-    """An event set by SIGINT/SIGTERM (installed before the start line, so no signal is missed)."""
+    """An event set by SIGINT/SIGTERM."""
     stop = threading.Event()
 
     def on_signal(signum, frame):
-        log.info("received %s, draining and stopping", signal.Signals(signum).name)
+        log.info("received %s, draining and stopping", signal.Signals(signum).name, extra={"event": "draining"})
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,12 +8,16 @@ trace; unexpected failures are logged here and answered with INTERNAL.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 
 import splitpoint
+from cloud.admission import DeadlineExpired, Overloaded
 from cloud.core import InferenceCore, ModelNotFound, VersionMismatch
+from cloud.metrics import UNKNOWN_MODEL, WorkerMetrics
 from splitpoint import dtypes, wire
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
@@ -23,25 +27,34 @@ log = logging.getLogger("splitpoint.cloud")
 
 PLATFORM = "onnxruntime_onnx"
 VERSION = "1"
+INTERNAL_MESSAGE = "internal error (logged on the worker)"
+# grpc reports a call without a deadline as one this far away (or more), or as None.
+_NO_DEADLINE_S = 1e8
+
+_STATUS = [
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (VersionMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (WireError, grpc.StatusCode.INVALID_ARGUMENT),
+    (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+]
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
+def _status_of(e: Exception, model: str) -> tuple[grpc.StatusCode, str]:
+    for kind, code in _STATUS:
+        if isinstance(e, kind):
+            return code, str(e)
+    log.exception("internal error serving model %s", model, extra={"event": "internal_error", "model": model})
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-def _status_of(e: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(e, ModelNotFound):
-        return grpc.StatusCode.NOT_FOUND, str(e)
-    if isinstance(e, VersionMismatch):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(e)
-    if isinstance(e, (WireError, CodecError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
-    if isinstance(e, _Abort):
-        return e.code, str(e)
-    log.exception("internal error")
-    return grpc.StatusCode.INTERNAL, "internal error (logged on the worker)"
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant, or None when the client set none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
 
 
 def _dims(shape) -> list[int]:
@@ -49,8 +62,9 @@ def _dims(shape) -> list[int]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore, max_decoded_bytes: int):
+    def __init__(self, core: InferenceCore, metrics: WorkerMetrics, max_decoded_bytes: int):
         self.core = core
+        self.metrics = metrics
         self.max_decoded_bytes = max_decoded_bytes
 
     def ServerLive(self, request, context):
@@ -82,7 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     for n in sorted(self.core.segments)]
         )
 
-    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         seg = self.core.segment(request.model_name)
         if request.model_version not in ("", VERSION):
             raise ModelNotFound(f"model {seg.name!r} has no version {request.model_version!r} (it has {VERSION!r})")
@@ -90,26 +104,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if sha is not None and not isinstance(sha, str):
             raise WireError(f"parameter {wire.MODEL_SHA256!r} must be a string")
         self.core.check_version(seg, sha)
-        inputs = wire.read_request(request, seg.session.inputs, self.max_decoded_bytes)
         unknown = [o.name for o in request.outputs if o.name not in {s.name for s in seg.session.outputs}]
         if unknown:
             raise WireError(f"requested output(s) {unknown} do not exist in model {seg.name!r}")
-        result = self.core.infer(seg, inputs)
+
+        def decode() -> dict[str, np.ndarray]:
+            inputs = wire.read_request(request, seg.session.inputs, self.max_decoded_bytes)
+            received = self.metrics.received_bytes
+            received.labels(model=seg.name, form="encoded").inc(sum(map(len, request.raw_input_contents)))
+            received.labels(model=seg.name, form="raw").inc(sum(a.nbytes for a in inputs.values()))
+            return inputs
+
+        result = self.core.infer(seg, decode, deadline)
         return wire.build_response(request, result.outputs, {wire.COMPUTE_US: int(result.compute_s * 1e6)})
 
-    def ModelInfer(self, request, context):
+    def _answer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    ) -> tuple[pb.ModelInferResponse | None, grpc.StatusCode, str]:
+        """The response, or None with the status and message that replace it; counted either way."""
+        start = time.perf_counter()
+        model = request.model_name if request.model_name in self.core.segments else UNKNOWN_MODEL
         try:
-            return self._infer(request)
+            response, code, message = self._infer(request, _deadline(context)), grpc.StatusCode.OK, ""
         except Exception as e:  # every failure becomes a status; the server keeps serving
-            code, message = _status_of(e)
+            response, (code, message) = None, _status_of(e, model)
+        self.metrics.requests.labels(model=model, code=code.name).inc()
+        if model != UNKNOWN_MODEL:
+            self.metrics.request_seconds.labels(model=model).observe(time.perf_counter() - start)
+        return response, code, message
+
+    def ModelInfer(self, request, context):
+        response, code, message = self._answer(request, context)
+        if response is None:
             context.abort(code, message)
+        return response
 
     def ModelStreamInfer(self, request_iterator, context) -> Iterator[pb.ModelStreamInferResponse]:
         for request in request_iterator:
-            try:
-                yield pb.ModelStreamInferResponse(infer_response=self._infer(request))
-            except Exception as e:
-                _, message = _status_of(e)
-                yield pb.ModelStreamInferResponse(
-                    error_message=message, infer_response=pb.ModelInferResponse(id=request.id)
-                )
+            response, _, message = self._answer(request, context)
+            if response is None:
+                response = pb.ModelInferResponse(id=request.id)
+            yield pb.ModelStreamInferResponse(error_message=message, infer_response=response)

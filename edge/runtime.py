@@ -21,7 +21,7 @@ import numpy as np
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from edge.breaker import CircuitBreaker
-from edge.client import DEFAULT_MAX_MESSAGE_BYTES, WorkerClient
+from edge.client import DEFAULT_MAX_MESSAGE_BYTES, ClientTLS, WorkerClient
 from edge.link import LinkEstimator
 from edge.policy import Explore, LowestPredicted, Pinned, SplitPolicy
 from edge.trace import Counters, Trace
@@ -63,7 +63,8 @@ class EdgeRuntime:
     ``split`` is a split id from the bundle, "local" or "cloud" (default: the
     bundle's default split). ``deadline_ms`` is the latency budget of a call to
     the worker path: past it the suffix finishes locally. ``codec`` overrides
-    the bundle's codec for the cut tensors.
+    the bundle's codec for the cut tensors. ``tls`` and ``token`` reach a
+    worker that requires TLS (or mutual TLS) and a bearer token.
     """
 
     def __init__(
@@ -77,6 +78,8 @@ class EdgeRuntime:
         failure_threshold: int = 3,
         max_attempts: int = 3,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: ClientTLS | None = None,
+        token: str | None = None,
     ):
         self.bundle = Bundle(bundle)
         m = self.bundle.manifest
@@ -104,7 +107,7 @@ class EdgeRuntime:
         self.breaker: CircuitBreaker | None = None
         self._closed = threading.Event()
         if remote:
-            self._client = WorkerClient(cloud, max_message_bytes)  # type: ignore[arg-type]
+            self._client = WorkerClient(cloud, max_message_bytes, tls=tls, token=token)  # type: ignore[arg-type]
             service = health_service(self._segments[remote[0]].model_name, m.model_sha256)
             self.breaker = CircuitBreaker(lambda: self._client.serving(service), failure_threshold)
             if split == AUTO:

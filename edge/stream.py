@@ -83,8 +83,10 @@ class _Call:
         self._rt.busy.add(-1)
         trace = p.frame.trace
         if answer.error_message:
+            # A stream answer carries a message but no status code: overload and a version
+            # mismatch look alike, so this counts as an ordinary failure, not a fatal one.
             trace.fallback_reason = f"worker refused the frame: {answer.error_message}"
-            self._rt.breaker.record_failure(trace.fallback_reason, fatal=True)  # type: ignore[union-attr]
+            self._rt.breaker.record_failure(trace.fallback_reason)  # type: ignore[union-attr]
         else:
             try:
                 p.outputs = wire.read_response(response)

@@ -10,6 +10,7 @@ from partitioner.cuts import CandidateCut, candidate_cuts
 from partitioner.errors import PartitionError
 from partitioner.measure import TensorTable, measure
 from partitioner.source import Source
+from partitioner.tflite import is_tflite
 from splitpoint.bundle import TensorSpec
 
 
@@ -105,6 +106,10 @@ def _spec_text(t: TensorSpec) -> str:
 
 def inspect(model: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> InspectReport:
     """The model's inputs, outputs and candidate cuts with the bytes each would send."""
+    if is_tflite(model):
+        from partitioner.tflite.candidates import inspect as inspect_tflite  # it reuses this module's report
+
+        return inspect_tflite(model, shapes)
     notes: list[str] = []
     source = Source.open(model, shapes, notes.append)
     view = source.view

@@ -21,6 +21,8 @@ from splitpoint.errors import SplitpointError
 
 CODECS = codec_names()
 SHAPE_HELP = "shape for a dynamic input, NAME=D0,D1,... (repeatable), used for golden inputs and sizes"
+PLAN_LINKS = ["1mbit/60ms", "10mbit/30ms", "100mbit/5ms"]
+PROFILE_HELP = "profile JSON written by `splitpoint profile` on the {where}"
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -33,7 +35,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_split(args: argparse.Namespace) -> int:
     from partitioner import parse_shapes, split
 
-    at = "auto" if args.at in (None, ["auto"]) else [a.split(",") for a in args.at]
+    if args.at is None:
+        at = None if args.candidates else "auto"
+    else:
+        at = "auto" if args.at == ["auto"] else [a.split(",") for a in args.at]
     bundle = split(
         args.model,
         args.output,
@@ -43,21 +48,75 @@ def _cmd_split(args: argparse.Namespace) -> int:
         codec=args.codec,
         overwrite=args.force,
         log=print,
+        candidates=args.candidates,
+        edge_profile=args.edge_profile,
+        cloud_profile=args.cloud_profile,
+        rtt_ms=args.rtt_ms,
     )
     print(f"wrote bundle {bundle.root} with splits: {', '.join(s.id for s in bundle.manifest.splits)}")
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from cloud import serve
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from partitioner import parse_shapes, profile
+
+    p = profile(args.model, backend=args.backend, threads=args.threads, runs=args.runs, warmup=args.warmup,
+                shapes=parse_shapes(args.shape), log=_progress)
+    p.save(args.output)
+    print(f"wrote {args.output}: {p.summary()}")
+    for n in sorted(p.nodes.values(), key=lambda n: -n.ms)[:5]:
+        print(f"  {n.ms:9.3f} ms  {n.key} ({n.op_type})")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from partitioner import Constraints, PowerProfile, edge_energy, parse_shapes, plan
+
+    objective = edge_energy(PowerProfile.parse(args.power)) if args.objective == "energy" else args.objective
+    constraints = Constraints(args.min_edge_ops, args.no_raw_inputs, args.edge_memory_mb)
+    result = plan(args.model, args.link or PLAN_LINKS, args.edge_profile, args.cloud_profile, codec=args.codec,
+                  objective=objective, constraints=constraints, shapes=parse_shapes(args.shape),
+                  cloud_threads=args.cloud_threads, log=_progress)
+    print(result.to_text())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        from partitioner.plot import plot_plan
+
+        print(f"wrote {plot_plan(result, args.plot)}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+
+    from cloud import serve
+    from cloud.logs import use_json_logs
+    from splitpoint.credentials import token_from
+
+    if args.log_format == "json":
+        use_json_logs()
+    token = token_from(args.token_file)
     serve(
         args.bundles,
         host=args.host,
         port=args.port,
         threads=args.threads,
-        max_workers=args.max_workers,
+        max_inflight=args.max_inflight,
+        max_queue=args.max_queue,
         max_message_bytes=args.max_message_mb << 20,
+        max_decoded_bytes=args.max_decoded_mb << 20,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        token=token,
+        metrics_port=args.metrics_port,
+        grace_s=args.grace_s,
     )
     return 0
 
@@ -83,9 +142,15 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edge import EdgeRuntime
+    from edge.client import ClientTLS
+    from splitpoint.credentials import token_from
 
     split = args.split or (None if args.cloud else "local")
-    with EdgeRuntime(args.bundle, cloud=args.cloud, split=split, deadline_ms=args.deadline_ms, codec=args.codec) as rt:
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = ClientTLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    with EdgeRuntime(args.bundle, cloud=args.cloud, split=split, deadline_ms=args.deadline_ms, codec=args.codec,
+                     tls=tls, token=token_from(args.token_file)) as rt:
         inputs = _load_inputs(Path(args.input), [s.name for s in rt.bundle.manifest.inputs])
         outputs = rt.infer(inputs)
         trace = rt.last_trace
@@ -125,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME[,NAME...]",
         help="tensors to cut at (one split per --at; several names make a multi-tensor cut), "
-        "or 'auto': the fewest bytes crossing with at least a third of the nodes on each side (default)",
+        "or 'auto': the fewest bytes crossing with at least a third of the nodes on each side "
+        "(default, unless --candidates is given)",
     )
     s.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS", help=SHAPE_HELP)
     s.add_argument("--name", help="bundle/model name (default: the model file's stem)")
@@ -136,15 +202,88 @@ def build_parser() -> argparse.ArgumentParser:
         "zstd levels as zstd:N",
     )
     s.add_argument("-f", "--force", action="store_true", help="replace an existing bundle directory")
+    s.add_argument(
+        "--candidates",
+        choices=["auto"],
+        help="'auto': add every split that is the fastest for some bandwidth from 0.1 to 1000 Mbit/s, with "
+        "predicted costs in the manifest so the edge can switch splits at run time (without --at: only those)",
+    )
+    s.add_argument("--edge-profile", metavar="FILE", help=PROFILE_HELP.format(where="device") + ": every split gets "
+                   "predicted costs (with --candidates or --cloud-profile and no --edge-profile, this machine is profiled)")
+    s.add_argument("--cloud-profile", metavar="FILE", help=PROFILE_HELP.format(where="server") + ": every split gets "
+                   "predicted costs (with --candidates or --edge-profile and no --cloud-profile, this machine is profiled)")
+    s.add_argument("--rtt-ms", type=float, default=20.0,
+                   help="round-trip time the --candidates auto bandwidth sweep assumes (default: 20)")
     s.set_defaults(func=_cmd_split)
+
+    s = sub.add_parser("profile", help="measure a model's per-node latency on this machine")
+    s.add_argument("model", help="ONNX model file")
+    s.add_argument("-o", "--output", required=True, help="profile JSON to write")
+    s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "litert", "torch"],
+                   help="runtime to profile with (default: onnxruntime; litert and torch are not supported yet)")
+    s.add_argument("--threads", type=int, required=True,
+                   help="intra-op threads, as the device or worker will run the model (e.g. 1 on a phone)")
+    s.add_argument("--runs", type=int, default=20, help="timed runs; node times are their medians (default: 20)")
+    s.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
+    s.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS", help=SHAPE_HELP)
+    s.set_defaults(func=_cmd_profile)
+
+    s = sub.add_parser("plan", help="predict the best split per network link from edge and cloud profiles")
+    s.add_argument("model", help="ONNX model file")
+    s.add_argument("--edge-profile", metavar="FILE",
+                   help=PROFILE_HELP.format(where="device") + " (default: profile this machine with 1 thread)")
+    s.add_argument("--cloud-profile", metavar="FILE",
+                   help=PROFILE_HELP.format(where="server") + " (default: profile this machine with --cloud-threads)")
+    s.add_argument("--cloud-threads", type=int, metavar="N",
+                   help="threads when the cloud is profiled on this machine (default: every core)")
+    s.add_argument("--link", action="append", metavar="BANDWIDTH/RTT",
+                   help="a network link such as 10mbit/30ms (kbit, mbit, gbit; ms, s); repeatable "
+                   f"(default: {' '.join(PLAN_LINKS)})")
+    s.add_argument("--codec", default=DEFAULT_CODEC,
+                   help=f"codec for the cut tensors, measured on the real tensors (default: {DEFAULT_CODEC})")
+    s.add_argument("--objective", choices=["latency", "energy", "cloud"], default="latency",
+                   help="what to minimise: end-to-end latency (default), the edge's energy (see --power) "
+                   "or cloud compute time")
+    s.add_argument("--power", default="",
+                   help="edge power for --objective energy: compute=W,idle=W,radio=J_PER_BYTE "
+                   "(default: compute=3,idle=0.5,radio=1e-7)")
+    s.add_argument("--min-edge-ops", type=int, default=0, metavar="N",
+                   help="privacy floor: the first N compute nodes (topological order) always run on the edge")
+    s.add_argument("--no-raw-inputs", action="store_true", help="privacy: never send a graph input to the cloud")
+    s.add_argument("--edge-memory-mb", type=float, metavar="MB",
+                   help="edge memory ceiling: weights of the prefix plus its peak activations (estimated)")
+    s.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS", help=SHAPE_HELP)
+    s.add_argument("--json", metavar="FILE", help="also write the plan as JSON")
+    s.add_argument("--plot", metavar="FILE", help="also draw the plan to a PNG (needs matplotlib: the plot extra)")
+    s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("serve", help="serve the cloud segments of bundles over gRPC (Open Inference Protocol)")
     s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=int, default=8500, help="port (default: 8500; 0 picks a free one)")
     s.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model")
-    s.add_argument("--max-workers", type=int, default=8, help="concurrent requests (default: 8)")
-    s.add_argument("--max-message-mb", type=int, default=512, help="gRPC message size limit in MiB (default: 512)")
+    s.add_argument("--max-inflight", type=int, default=2, metavar="N",
+                   help="requests computing at once, across models (default: 2; onnxruntime releases the GIL)")
+    s.add_argument("--max-queue", type=int, default=32, metavar="N",
+                   help="requests waiting for a compute slot; past that RESOURCE_EXHAUSTED at once (default: 32)")
+    s.add_argument("--max-message-mb", type=int, default=512, metavar="MIB",
+                   help="gRPC message size limit in MiB; a larger request gets RESOURCE_EXHAUSTED (default: 512)")
+    s.add_argument("--max-decoded-mb", type=int, default=1024, metavar="MIB",
+                   help="decoded size limit of one request's tensors in MiB; past it INVALID_ARGUMENT (default: 1024)")
+    s.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) of the worker: serve TLS only")
+    s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert (unencrypted)")
+    s.add_argument("--tls-client-ca", metavar="FILE",
+                   help="PEM CA certificate(s): mutual TLS, clients without a certificate signed by it are refused")
+    s.add_argument("--token-file", metavar="FILE",
+                   help="file holding a bearer token every inference call must send as 'authorization: Bearer TOKEN' "
+                   "(default: the SPLITPOINT_TOKEN environment variable; neither: no token check); "
+                   "grpc.health.v1 stays open for probes")
+    s.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; 0 picks a free port)")
+    s.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text lines, or one JSON object per line for log collectors (default: text)")
+    s.add_argument("--grace-s", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, seconds in-flight requests get to finish before they are cancelled (default: 5)")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("infer", help="run a bundle once on the edge, splitting with a worker if given")
@@ -155,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", help="split id, 'local' or 'cloud' (default: the bundle's default)")
     s.add_argument("--deadline-ms", type=float, default=1000.0, help="latency budget for the worker path")
     s.add_argument("--codec", help="codec for the cut tensors (default: the bundle's)")
+    s.add_argument("--tls-ca", metavar="FILE", help="PEM CA that signed the worker's certificate: turns TLS on")
+    s.add_argument("--tls-cert", metavar="FILE", help="this client's PEM certificate, for workers that require mutual TLS")
+    s.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
+    s.add_argument("--tls-server-name", metavar="NAME", help="name to check in the worker's certificate")
+    s.add_argument("--token-file", metavar="FILE",
+                   help="bearer token for the worker (default: the SPLITPOINT_TOKEN environment variable)")
     s.set_defaults(func=_cmd_infer)
 
     s = sub.add_parser("demo", help="split a small CNN, serve it, kill and restart the worker, print a table")

@@ -15,13 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge import EdgeRuntime
-from edge.client import WorkerClient
+from edge.client import ClientTLS, WorkerClient
 from partitioner import split
 from splitpoint.compare import difference
 from testbed.models import save_demo_cnn
@@ -35,16 +36,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_worker(bundles: Path | list[Path], port: int, log_path: Path, timeout: float = 60.0) -> subprocess.Popen:
-    """Start ``splitpoint serve`` as a separate process and wait until it is SERVING."""
+def start_worker(
+    bundles: Path | list[Path],
+    port: int,
+    log_path: Path,
+    timeout: float = 60.0,
+    args: Sequence[str] = (),
+    tls: ClientTLS | None = None,
+) -> subprocess.Popen:
+    """Start ``splitpoint serve`` as a separate process and wait until it is SERVING.
+
+    ``args`` are extra ``serve`` flags; ``tls`` is how to reach a worker started with TLS flags.
+    """
     paths = [str(b) for b in (bundles if isinstance(bundles, list) else [bundles])]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "splitpoint", "serve", *paths, "--port", str(port)],
+            [sys.executable, "-m", "splitpoint", "serve", *paths, "--port", str(port), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    client = WorkerClient(f"127.0.0.1:{port}")
+    client = WorkerClient(f"127.0.0.1:{port}", tls=tls)
     try:
         deadline = time.monotonic() + timeout
         while not client.serving(timeout=0.5):

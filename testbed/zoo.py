@@ -151,3 +151,70 @@ def export_onnx(
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(module, example, path, dynamo=False, dynamic_axes=dynamic, **names)
     return path
+
+
+class _EncoderLayer(nn.Module):
+    """Post-norm self-attention + feed-forward, written out so both exporters see plain ops."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5 + bias
+        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d)
+        x = self.norm1(x + self.proj(attended))
+        return self.norm2(x + self.ff(x))
+
+
+class TransformerEncoderLike(nn.Module):
+    """Token and position embeddings, ``layers`` encoder layers, mean-pooled over unmasked tokens."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 128, heads: int = 4, hidden: int = 256, layers: int = 4,
+                 max_len: int = 128, num_classes: int = 10):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(max_len, dim)
+        self.layers = nn.ModuleList(_EncoderLayer(dim, heads, hidden) for _ in range(layers))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.tokens(input_ids) + self.positions(positions)
+        keep = attention_mask.to(x.dtype)
+        bias = (1.0 - keep)[:, None, None, :] * -1e4  # masked keys get a large negative score
+        for layer in self.layers:
+            x = layer(x, bias)
+        pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
+        return self.classifier(pooled)
+
+
+def transformer_encoder_like(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return TransformerEncoderLike().eval()
+
+
+def export_transformer_onnx(module: nn.Module, path: str | Path, *, dynamo: bool, seq_len: int = 64) -> Path:
+    """Export an encoder taking ``input_ids`` and ``attention_mask`` (int64 [N, T]) to ONNX, batch dynamic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = torch.randint(0, 1000, (1, seq_len))
+    mask = torch.ones(1, seq_len, dtype=torch.int64)
+    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        dynamic = {"input_ids": {0: batch}, "attention_mask": {0: batch}}
+        torch.onnx.export(module, (ids, mask), path, dynamo=True, dynamic_shapes=dynamic, verbose=False, **names)
+    else:
+        axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, "logits": {0: "batch"}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, (ids, mask), path, dynamo=False, dynamic_axes=axes, **names)
+    return path

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edge.client import ClientTLS
 from testbed.demo import CUT, free_port, start_worker
 from testbed.models import save_demo_cnn
 
@@ -29,15 +31,20 @@ def demo_bundle(demo_model, tmp_path_factory) -> Path:
 
 
 class RunningWorker:
-    def __init__(self, bundles: list[Path], log: Path, port: int | None = None):
+    """A ``splitpoint serve`` process; ``args`` are extra serve flags, ``tls`` how to reach it if they turn TLS on."""
+
+    def __init__(self, bundles: list[Path], log: Path, port: int | None = None,
+                 args: Sequence[str] = (), tls: ClientTLS | None = None):
         self.bundles = bundles
         self.log = log
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.args = list(args)
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RunningWorker:
-        self.proc = start_worker(self.bundles, self.port, self.log)
+        self.proc = start_worker(self.bundles, self.port, self.log, args=self.args, tls=self.tls)
         return self
 
     def kill(self) -> None:
@@ -49,19 +56,35 @@ class RunningWorker:
         return self.log.read_text() if self.log.exists() else ""
 
 
-@pytest.fixture
-def worker_factory(tmp_path) -> Iterator:
-    """Start real `splitpoint serve` processes on free loopback ports; all are killed at the end."""
+@contextmanager
+def _workers(directory: Path) -> Iterator[Callable[..., RunningWorker]]:
+    """A factory of real `splitpoint serve` processes on free loopback ports; all are killed on exit."""
     started: list[RunningWorker] = []
 
-    def make(*bundles: Path, port: int | None = None) -> RunningWorker:
-        w = RunningWorker(list(bundles), tmp_path / f"worker{len(started)}.log", port).start()
+    def make(*bundles: Path, port: int | None = None, args: Sequence[str] = (), tls: ClientTLS | None = None) -> RunningWorker:
+        w = RunningWorker(list(bundles), directory / f"worker{len(started)}.log", port, args, tls)
         started.append(w)
-        return w
+        return w.start()
 
-    yield make
-    for w in started:
-        w.kill()
+    try:
+        yield make
+    finally:
+        for w in started:
+            w.kill()
+
+
+@pytest.fixture
+def worker_factory(tmp_path) -> Iterator[Callable[..., RunningWorker]]:
+    """Start real `splitpoint serve` processes for one test: ``make(*bundles, port=, args=, tls=)``."""
+    with _workers(tmp_path) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_worker_factory(tmp_path_factory) -> Iterator[Callable[..., RunningWorker]]:
+    """Like ``worker_factory``, for workers a whole test module shares."""
+    with _workers(tmp_path_factory.mktemp("workers")) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,94 @@
+"""Admission control: a bounded number of requests compute, a bounded number wait.
+
+Past both bounds a request is refused at once, so a loaded worker answers
+"overloaded" in microseconds instead of letting latency grow without limit.
+Waiters are served first come, first served; one whose deadline passes while
+it waits, or has passed when its turn comes, leaves without being computed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from splitpoint.errors import SplitpointError
+
+
+class Overloaded(SplitpointError):
+    """Every compute slot is taken and the waiting queue is full."""
+
+
+class DeadlineExpired(SplitpointError):
+    """The caller's deadline passed before the request could be computed."""
+
+
+class Admission:
+    """At most ``max_inflight`` holders of a slot and ``max_queue`` waiters.
+
+    Deadlines are ``time.monotonic()`` instants (None: no deadline).
+    """
+
+    def __init__(self, max_inflight: int, max_queue: int):
+        if max_inflight < 1 or max_queue < 0:
+            raise SplitpointError(
+                f"at least 1 request must compute (--max-inflight, got {max_inflight}) "
+                f"and the queue cannot be negative (--max-queue, got {max_queue})"
+            )
+        self.max_inflight = max_inflight
+        self.max_queue = max_queue
+        self._lock = threading.Lock()
+        self._waiting: deque[threading.Event] = deque()
+        self._inflight = 0
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @contextmanager
+    def slot(self, deadline: float | None = None) -> Iterator[float]:
+        """Hold a compute slot for the ``with`` block; yields the seconds spent waiting for it.
+
+        Raises Overloaded when the queue is full and DeadlineExpired when the
+        deadline passes before the slot is granted.
+        """
+        start = time.monotonic()
+        self._acquire(deadline)
+        try:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExpired("the request's deadline passed while it waited in the worker's queue")
+            yield time.monotonic() - start
+        finally:
+            self._release()
+
+    def _acquire(self, deadline: float | None) -> None:
+        with self._lock:
+            if self._inflight < self.max_inflight and not self._waiting:
+                self._inflight += 1
+                return
+            if len(self._waiting) >= self.max_queue:
+                raise Overloaded(
+                    f"worker overloaded: {self._inflight} requests computing and {len(self._waiting)} waiting "
+                    "(the queue's bound); retry later or on another worker"
+                )
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        with self._lock:
+            if turn.is_set():  # _release handed its slot over to us
+                return
+            self._waiting.remove(turn)
+        raise DeadlineExpired("the request's deadline passed while it waited in the worker's queue")
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()  # the slot passes to the next waiter; inflight is unchanged
+            else:
+                self._inflight -= 1

@@ -1,0 +1,229 @@
+"""Admission queue, deadlines, Prometheus metrics, JSON logs and graceful shutdown.
+
+The worker serves a deliberately slow model (a stack of 512x512 matmuls, one
+onnxruntime thread) with one compute slot and two queue places, so a single
+large request fills the slot long enough to arrange the queue around it.
+Tests synchronise on the worker's own gauges, scraped from its metrics port.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
+
+from splitpoint import wire
+from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
+from splitpoint.backends import load_session
+from testbed.demo import free_port
+
+MODEL = "slow.cloud"
+WIDTH, LAYERS = 512, 16
+BLOCKER_ROWS = 4096  # about a second of compute on one thread
+
+
+@pytest.fixture(scope="module")
+def slow_bundle(tmp_path_factory) -> Path:
+    from partitioner import split
+
+    d = tmp_path_factory.mktemp("slow")
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(LAYERS):
+        w = (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    nodes.append(helper.make_node("ReduceSum", [x, "axes"], ["score"], keepdims=0))  # a small answer
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, d / "slow.onnx")
+    return split(d / "slow.onnx", d / "bundle", at=[["r7"]], shapes={"x": [2, WIDTH]}).root
+
+
+def _args(metrics_port: int, *extra: str) -> list[str]:
+    return ["--threads", "1", "--max-inflight", "1", "--max-queue", "2", "--metrics-port", str(metrics_port), *extra]
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def ops_worker(module_worker_factory, slow_bundle, metrics_port):
+    return module_worker_factory(slow_bundle, args=_args(metrics_port, "--log-format", "json"))
+
+
+@pytest.fixture(scope="module")
+def stub(ops_worker):
+    channel = grpc.insecure_channel(ops_worker.address)
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def _x(rows: int) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(rows).standard_normal((rows, WIDTH)).astype(np.float32)}
+
+
+def _infer(stub, rows: int, timeout: float = 60) -> np.ndarray:
+    return wire.read_response(stub.ModelInfer(wire.build_request(MODEL, _x(rows))[0], timeout=timeout))["score"]
+
+
+class Metrics:
+    """One scrape of the worker's /metrics, parsed with prometheus_client's own parser."""
+
+    def __init__(self, port: int):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.samples = {(s.name, frozenset(s.labels.items())): s.value for f in self.families.values() for s in f.samples}
+
+    def __call__(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the worker"
+        time.sleep(0.02)
+
+
+def _blocked(executor: ThreadPoolExecutor, stub, port: int) -> Future:
+    """Start a long request and return once it holds the only compute slot."""
+    blocker = executor.submit(_infer, stub, BLOCKER_ROWS)
+    _wait_for(lambda: Metrics(port)("splitpoint_worker_inflight_requests") == 1)
+    return blocker
+
+
+def test_past_the_queue_bound_requests_are_refused_at_once(ops_worker, stub, metrics_port):
+    port = metrics_port
+    before = Metrics(port)
+    with ThreadPoolExecutor(4) as pool:
+        blocker = _blocked(pool, stub, port)
+        queued = [pool.submit(_infer, stub, 8) for _ in range(2)]
+        _wait_for(lambda: Metrics(port)("splitpoint_worker_queue_depth") == 2)
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                _infer(stub, 8)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "overloaded" in info.value.details()
+            assert time.monotonic() - start < 0.5  # refused, not queued
+        assert not blocker.done()
+        assert blocker.result().shape == (BLOCKER_ROWS,)
+        assert all(q.result().shape == (8,) for q in queued)
+    after = Metrics(port)
+    delta = lambda name, **labels: after(name, **labels) - before(name, **labels)
+    assert delta("splitpoint_worker_requests_total", model=MODEL, code="RESOURCE_EXHAUSTED") == 3
+    assert delta("splitpoint_worker_requests_total", model=MODEL, code="OK") == 3
+    assert delta("splitpoint_worker_queue_duration_seconds_count", model=MODEL) == 3
+    assert delta("splitpoint_worker_queue_duration_seconds_sum", model=MODEL) > 0.1  # the two queued ones waited
+
+
+def test_requests_whose_deadline_passes_in_the_queue_are_dropped_uncomputed(ops_worker, stub, metrics_port):
+    port = metrics_port
+    before = Metrics(port)
+    with ThreadPoolExecutor(2) as pool:
+        blocker = _blocked(pool, stub, port)
+        with pytest.raises(grpc.RpcError) as info:
+            _infer(stub, 8, timeout=0.3)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait_for(lambda: Metrics(port)("splitpoint_worker_dropped_expired_total", model=MODEL)
+                  == before("splitpoint_worker_dropped_expired_total", model=MODEL) + 1)
+        assert not blocker.done()  # it left the queue while the slot was still taken
+        blocker.result()
+    after = Metrics(port)
+    assert after("splitpoint_worker_compute_duration_seconds_count", model=MODEL) - \
+        before("splitpoint_worker_compute_duration_seconds_count", model=MODEL) == 1  # the blocker only
+    assert after("splitpoint_worker_queue_depth") == 0 and after("splitpoint_worker_inflight_requests") == 0
+
+
+def test_metrics_count_requests_latency_and_bytes(ops_worker, stub, metrics_port):
+    port = metrics_port
+    before = Metrics(port)
+    zeros = {"x": np.zeros((64, WIDTH), np.float32)}
+    request, encoded = wire.build_request(MODEL, zeros, "zstd")
+    for _ in range(2):
+        stub.ModelInfer(request)
+    for bad in ("../../etc/passwd", "no-such-model"):
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(wire.build_request(bad, zeros)[0])
+    request.inputs[0].datatype = "INT32"
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(request)
+    after = Metrics(port)
+    delta = lambda name, **labels: after(name, **labels) - before(name, **labels)
+
+    kinds = {name: f.type for name, f in after.families.items()
+             if name.startswith("splitpoint_worker_") and not name.endswith("_created")}  # prometheus_client's timestamps
+    assert kinds == {
+        "splitpoint_worker_requests": "counter",
+        "splitpoint_worker_request_duration_seconds": "histogram",
+        "splitpoint_worker_queue_duration_seconds": "histogram",
+        "splitpoint_worker_compute_duration_seconds": "histogram",
+        "splitpoint_worker_received_bytes": "counter",
+        "splitpoint_worker_dropped_expired": "counter",
+        "splitpoint_worker_unauthenticated_requests": "counter",
+        "splitpoint_worker_queue_depth": "gauge",
+        "splitpoint_worker_inflight_requests": "gauge",
+    }
+    assert delta("splitpoint_worker_requests_total", model=MODEL, code="OK") == 2
+    assert delta("splitpoint_worker_requests_total", model=MODEL, code="INVALID_ARGUMENT") == 1
+    # client-chosen names never become label values
+    assert delta("splitpoint_worker_requests_total", model="_unknown", code="NOT_FOUND") == 2
+    assert not any("passwd" in str(labels) for _, labels in after.samples)
+    assert delta("splitpoint_worker_request_duration_seconds_count", model=MODEL) == 3
+    assert delta("splitpoint_worker_compute_duration_seconds_count", model=MODEL) == 2
+    assert delta("splitpoint_worker_received_bytes_total", model=MODEL, form="raw") == 2 * zeros["x"].nbytes
+    assert delta("splitpoint_worker_received_bytes_total", model=MODEL, form="encoded") == 2 * encoded
+    assert encoded < zeros["x"].nbytes / 100
+
+
+GRPC_CORE_LINE = re.compile(r"^[IWEF]\d{4} ")  # gRPC's C core writes its own lines to stderr
+
+
+def test_json_logs_are_one_object_per_line(ops_worker):
+    lines = [line for line in ops_worker.log_text().splitlines() if line and not GRPC_CORE_LINE.match(line)]
+    events = [json.loads(line) for line in lines]
+    assert all({"ts", "level", "logger", "message"} <= e.keys() for e in events)
+    start = next(e for e in events if e.get("event") == "listening")
+    assert start["address"] == ops_worker.address and start["models"] == [MODEL, "slow.r7"]
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(worker_factory, slow_bundle):
+    metrics_port = free_port()
+    w = worker_factory(slow_bundle, args=_args(metrics_port, "--grace-s", "30"))
+    want = load_session(slow_bundle / "model.onnx").run(_x(BLOCKER_ROWS))["score"]
+    with grpc.insecure_channel(w.address) as channel, ThreadPoolExecutor(1) as pool:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        blocker = _blocked(pool, stub, metrics_port)
+        w.proc.send_signal(signal.SIGTERM)
+        _wait_for(lambda: "draining" in w.log_text())
+        with grpc.insecure_channel(w.address) as fresh, pytest.raises(grpc.RpcError) as info:
+            _infer(pb_grpc.GRPCInferenceServiceStub(fresh), 8, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # no new work once draining
+        np.testing.assert_allclose(blocker.result(), want, rtol=1e-5, atol=1e-5)
+    assert w.proc.wait(timeout=30) == 0
+    assert "worker stopped" in w.log_text()
+
+
+def test_draining_does_not_wait_for_the_grace_period_when_idle(worker_factory, slow_bundle):
+    w = worker_factory(slow_bundle, args=["--grace-s", "30"])
+    start = time.monotonic()
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(timeout=30) == 0 and time.monotonic() - start < 10
