@@ -1,8 +1,10 @@
 """``split``: cut a model at the requested places and write a verified bundle.
 
-Every split is extracted, checked by onnx and verified against the full model
-on the golden inputs before the bundle directory appears; if any fails, nothing
-is written.
+One flow for every model format; what differs between ONNX and TFLite (golden
+cases, measuring, segment files, the full model's copy) is the format's (see
+``partitioner.formats``). Every split is extracted, checked and verified
+against the full model on the golden inputs before the bundle directory
+appears; if any fails, nothing is written.
 """
 
 from __future__ import annotations
@@ -11,19 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from partitioner import extract, onnxio
 from partitioner.candidates import auto_candidate, describe_candidates
 from partitioner.cuts import Cut, candidate_cuts, resolve_cut
 from partitioner.errors import PartitionError
+from partitioner.formats import ModelFormat, format_of
 from partitioner.golden import Tensors, write_golden
-from partitioner.measure import TensorTable, measure
+from partitioner.measure import TensorTable
 from partitioner.pricing import Pricing, ProfileArg
 from partitioner.search import Region, pareto
-from partitioner.source import Source
 from partitioner.staging import check_target, staged_directory
-from partitioner.tflite import is_tflite
 from partitioner.verify import verify_split
 from splitpoint import codec as codec_mod
 from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, Manifest, Split, file_sha256, slug, write_manifest
@@ -31,7 +29,6 @@ from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, Manifest, Spl
 AUTO = "auto"
 DEFAULT_RTT_MS = 20.0  # for --candidates auto
 DEFAULT_BANDWIDTH_BPS = 10e6  # the default split of a --candidates auto bundle is the fastest here
-MODEL_FILE = "model.onnx"
 CutRequest = list[str] | None  # tensor names, or None for the automatic choice
 
 
@@ -79,15 +76,13 @@ def split(
     from 0.1 to 1000 Mbit/s at ``rtt_ms``, priced from the edge and cloud
     profiles (measured on this machine when not given); ``at=None`` then asks
     for those only. Whenever splits are priced, each one's ``predicted`` cost is
-    in the manifest and the profiles are copied into the bundle.
+    in the manifest and the profiles are copied into the bundle. Pricing is for
+    ONNX models only.
     """
     priced = candidates is not None or edge_profile is not None or cloud_profile is not None
-    if is_tflite(model):
-        if priced:
-            raise PartitionError("--candidates and profiles are not supported for TFLite models yet")
-        from partitioner.tflite.bundler import split as split_tflite  # it reuses this module's helpers
-
-        return split_tflite(model, out, at, shapes, name, codec, golden, overwrite, log)
+    kind = format_of(model)
+    if priced and not kind.prices:
+        raise PartitionError(f"--candidates and profiles are not supported for {kind.name} models yet")
     log = log or (lambda _: None)
     out = Path(out)
     if golden < 1:
@@ -102,47 +97,48 @@ def split(
     codec = codec_mod.parse(codec).spec  # a bad --codec fails before any work
     requests = cut_requests(at) if at is not None else []
     log(f"loading {model}")
-    source = Source.open(model, shapes, log)
+    fmt = kind.open(model, shapes, log)
+    source = fmt.source
     view = source.view
     named = {i: resolve_cut(view, names) for i, names in enumerate(requests) if names is not None}
     sweep_cuts = candidate_cuts(view) if None in requests else []
-    pricing = Pricing.of(source, edge_profile, cloud_profile, codec, log) if priced else None
+    pricing = Pricing.of(source, edge_profile, cloud_profile, codec, log) if priced else None  # ONNX: kind.prices
     for note in pricing.notes if pricing else []:
         log(f"note: {note}")
     regions = _pareto_regions(pricing, rtt_ms, log) if pricing is not None and candidates is not None else []
     pareto_cuts = [resolve_cut(view, r.choice.at) for r in regions if r.choice.at]
 
-    log(f"running the full model on {golden} golden input(s)")
-    cases = _golden_cases(source, golden)
+    log(f"running the full model on {golden} golden input(s){fmt.engine_note}")
+    cases = fmt.golden_cases(golden)
     log("measuring tensor sizes")
     sent = [t for cut in [*named.values(), *sweep_cuts, *pareto_cuts] for t in cut.sent]
-    first_run = {**cases[0][0], **cases[0][1]}
-    table = measure(source.model, view, [*view.inputs, *view.outputs, *sent], source.input_shapes, first_run, log)
+    table = fmt.measure([*view.inputs, *view.outputs, *sent], {**cases[0][0], **cases[0][1]}, log)
     if None in requests:
         chosen = auto_candidate(describe_candidates(sweep_cuts, table, source.compute_nodes))
-        log(f"auto: cut at {chosen.at} ({chosen.bytes:,} bytes, {chosen.prefix_nodes}/{chosen.total_nodes} nodes on the edge)")
+        edge_share = f"{chosen.prefix_nodes}/{chosen.total_nodes} {fmt.node_word} on the edge"
+        log(f"auto: cut at {chosen.at} ({chosen.bytes:,} bytes, {edge_share})")
         auto_cut = resolve_cut(view, chosen.names)
     cuts = _distinct([auto_cut if names is None else named[i] for i, names in enumerate(requests)] + pareto_cuts, log)
 
     with staged_directory(out, overwrite) as root:
-        splits = [_write_split(source, table, cut, split_id, root, cases, log) for cut, split_id in _with_ids(cuts)]
-        trivial = _trivial_splits(table, view.inputs, source.compute_nodes)
+        splits = [_write_split(fmt, table, cut, split_id, root, cases, log) for cut, split_id in _with_ids(cuts)]
+        trivial = _trivial_splits(table, view.inputs, source.compute_nodes, fmt.model_file)
         default = splits[0].id if requests else _default_candidate(regions, splits)
         if pricing is not None:
             splits = [_priced(pricing, s, cut.prefix) for s, cut in zip(splits, cuts)]
             trivial = _priced(pricing, trivial[0], pricing.cost_model.nodes), _priced(pricing, trivial[1], frozenset())
         log(f"writing the bundle to {out}")
-        model_files = onnxio.save_model(source.model, root / MODEL_FILE)
+        model_files = fmt.save_model(root / fmt.model_file)
         manifest = Manifest(
             name=slug(name or source.path.stem),
             model_sha256=file_sha256(*model_files),
-            opset=next((o.version for o in source.model.opset_import if o.domain in ("", "ai.onnx")), 0),
+            opset=fmt.opset,
             inputs=tuple(table.spec(t) for t in view.inputs),
             outputs=tuple(table.spec(t) for t in view.outputs),
             splits=(*splits, *trivial),
             default_split=default,
             codec=codec,
-            model_file=MODEL_FILE,
+            model_file=fmt.model_file,
             golden=write_golden(root, cases),
             profiles=pricing.save_profiles(root) if pricing is not None else (),
         )
@@ -173,20 +169,6 @@ def _priced(pricing: Pricing, split: Split, prefix: frozenset[int]) -> Split:
         return replace(split, predicted=pricing.cost_model.cost(prefix).to_json())
     except PartitionError:
         return split
-
-
-def _golden_cases(source: Source, count: int) -> list[tuple[Tensors, Tensors]]:
-    sess = onnxio.session(source.model, str(source.path))
-    names = [o.name for o in sess.get_outputs()]
-    cases = []
-    for k in range(count):
-        inputs = source.sample(k)
-        try:
-            outputs = sess.run(names, inputs)
-        except Exception as e:  # onnxruntime's own exception types
-            raise PartitionError(f"{source.path} fails in onnxruntime on golden input {k}: {str(e).splitlines()[0]}") from None
-        cases.append((inputs, {n: np.asarray(v) for n, v in zip(names, outputs)}))
-    return cases
 
 
 def _distinct(cuts: list[Cut], log: Callable[[str], None]) -> list[Cut]:
@@ -222,7 +204,7 @@ def _with_ids(cuts: list[Cut]) -> list[tuple[Cut, str]]:
 
 
 def _write_split(
-    source: Source,
+    fmt: ModelFormat,
     table: TensorTable,
     cut: Cut,
     split_id: str,
@@ -230,22 +212,21 @@ def _write_split(
     cases: list[tuple[Tensors, Tensors]],
     log: Callable[[str], None],
 ) -> Split:
-    view = source.view
+    view = fmt.source.view
     log(f"extracting split {split_id}: sends {', '.join(cut.sent)}")
     prefix_reads = set(view.needs(cut.prefix))
-    edge_inputs = [vi for vi in view.input_infos if vi.name in prefix_reads]
+    edge_inputs = [t for t in view.inputs if t in prefix_reads]
     edge_outputs = [t for t in cut.sent if t in view.producer] + [o for o in cut.edge_outputs if o not in cut.sent]
     cloud_outputs = [o for o in view.outputs if o not in cut.edge_outputs]
-    edge_file, cloud_file = f"edge/{split_id}.onnx", f"cloud/{split_id}.onnx"
+    edge_file, cloud_file = f"edge/{split_id}{fmt.suffix}", f"cloud/{split_id}{fmt.suffix}"
     for rel, nodes, inputs, outputs in (
-        (edge_file, cut.prefix, edge_inputs, [table.value_info(t) for t in edge_outputs]),
-        (cloud_file, cut.suffix, [table.value_info(t) for t in cut.sent], [table.value_info(t) for t in cloud_outputs]),
+        (edge_file, cut.prefix, edge_inputs, edge_outputs),
+        (cloud_file, cut.suffix, cut.sent, cloud_outputs),
     ):
-        segment = extract.extract_segment(source.model, view, nodes, inputs, outputs, f"{split_id}.{rel.split('/')[0]}")
-        (root / rel).parent.mkdir(exist_ok=True)
-        onnxio.save_model(segment, root / rel)
-        onnxio.check_model_file(root / rel, f"the {rel.split('/')[0]} segment of split {split_id!r}")
-    log(f"verifying split {split_id} on {len(cases)} golden input(s)")
+        side = rel.split("/")[0]
+        (root / side).mkdir(exist_ok=True)
+        fmt.write_segment(root / rel, split_id, side, nodes, inputs, outputs, table)
+    log(f"verifying split {split_id} on {len(cases)} golden input(s){fmt.engine_note}")
     verification = verify_split(split_id, root / edge_file, root / cloud_file, cases)
     log(f"split {split_id}: " + ("bit-exact" if verification["exact"] else f"max_rel {verification['max_rel']:.3g}"))
     return Split(
@@ -260,9 +241,7 @@ def _write_split(
     )
 
 
-def _trivial_splits(
-    table: TensorTable, inputs: list[str], total_nodes: int, model_file: str = MODEL_FILE
-) -> tuple[Split, Split]:
+def _trivial_splits(table: TensorTable, inputs: list[str], total_nodes: int, model_file: str) -> tuple[Split, Split]:
     local = Split(id=LOCAL, cut=(), edge_file=None, cloud_file=None, edge_nodes=total_nodes)
     cloud = Split(
         id=CLOUD, cut=tuple(table.spec(t) for t in inputs), edge_file=None, cloud_file=model_file, cloud_nodes=total_nodes

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from partitioner.cuts import CandidateCut, candidate_cuts
 from partitioner.errors import PartitionError
-from partitioner.measure import TensorTable, measure
-from partitioner.source import Source
-from partitioner.tflite import is_tflite
+from partitioner.formats import open_model
+from partitioner.measure import TensorTable
 from splitpoint.bundle import TensorSpec
 
 
@@ -106,16 +105,11 @@ def _spec_text(t: TensorSpec) -> str:
 
 def inspect(model: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> InspectReport:
     """The model's inputs, outputs and candidate cuts with the bytes each would send."""
-    if is_tflite(model):
-        from partitioner.tflite.candidates import inspect as inspect_tflite  # it reuses this module's report
-
-        return inspect_tflite(model, shapes)
     notes: list[str] = []
-    source = Source.open(model, shapes, notes.append)
-    view = source.view
+    fmt = open_model(model, shapes, notes.append)
+    source, view = fmt.source, fmt.source.view
     cuts = candidate_cuts(view)
-    names = [*view.inputs, *view.outputs, *(t for c in cuts for t in c.sent)]
-    table = measure(source.model, view, names, source.input_shapes, source.sample(0), notes.append)
+    table = fmt.measure([*view.inputs, *view.outputs, *(t for c in cuts for t in c.sent)], source.sample(0), notes.append)
     return InspectReport(
         model=source.path.name,
         inputs=[table.spec(t) for t in view.inputs],
@@ -124,4 +118,3 @@ def inspect(model: str | Path, shapes: Mapping[str, Sequence[int]] | None = None
         total_nodes=source.compute_nodes,
         notes=notes,
     )
-

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
-from partitioner.errors import PartitionError
+from partitioner.errors import PartitionError, first_line
 
 PROTO_LIMIT = 2**31 - 2**20  # bytes; below the hard 2 GiB limit, with room for the graph itself
 EXTERNAL_SUFFIX = ".data"
@@ -29,9 +29,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     except DecodeError as e:
         raise PartitionError(f"{path}: not an ONNX model ({e})") from None
     except (FileNotFoundError, onnx.checker.ValidationError) as e:
-        raise PartitionError(f"{path}: its external data cannot be read ({_first_line(e)})") from None
+        raise PartitionError(f"{path}: its external data cannot be read ({first_line(e)})") from None
     except Exception as e:  # onnx raises assorted errors for files that are not models
-        raise PartitionError(f"{path}: not an ONNX model ({_first_line(e)})") from None
+        raise PartitionError(f"{path}: not an ONNX model ({first_line(e)})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise PartitionError(f"{path}: not an ONNX model (it has no graph nodes)")
     return model
@@ -60,7 +60,7 @@ def check_model_file(path: Path, what: str) -> None:
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
-        raise PartitionError(f"{what} is not valid ONNX: {_first_line(e)}") from None
+        raise PartitionError(f"{what} is not valid ONNX: {first_line(e)}") from None
 
 
 def session(model: onnx.ModelProto | Path, what: str) -> ort.InferenceSession:
@@ -75,9 +75,4 @@ def session(model: onnx.ModelProto | Path, what: str) -> ort.InferenceSession:
             save_model(model, path)
             return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types per failure
-        raise PartitionError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise PartitionError(f"onnxruntime cannot load {what}: {first_line(e)}") from None

@@ -1,8 +1,11 @@
 """Verification: the edge segment then the cloud segment must reproduce the full model.
 
-Both segments run in onnxruntime with default optimizations, as they will be
-deployed; fusions that differ across a cut may change the last bits, so the
-check is bit-exact where possible and within a relative tolerance otherwise.
+The segments run as the edge and the worker will run them: through
+``splitpoint.backends.load_session``, which picks onnxruntime (default
+optimizations) for ``.onnx`` files and LiteRT for ``.tflite`` files. Fusions
+that differ across a cut may change the last bits, so the result is judged by
+``splitpoint.compare``: bit-exact where possible, within its relative
+tolerance otherwise.
 """
 
 from __future__ import annotations
@@ -11,34 +14,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
-from partitioner import onnxio
-from partitioner.errors import PartitionError
+from partitioner.errors import PartitionError, first_line
 from partitioner.golden import Tensors
+from splitpoint.backends import Session, load_session
 from splitpoint.compare import EXACT, TOLERANCE, difference
+from splitpoint.errors import SplitpointError
+
+ENGINES = {"onnxruntime": "onnxruntime", "litert": "LiteRT"}  # Session.backend as messages name it
 
 
-def edge_then_cloud(edge: ort.InferenceSession, cloud: ort.InferenceSession, inputs: Tensors) -> Tensors:
+def edge_then_cloud(edge: Session, cloud: Session, inputs: Tensors) -> Tensors:
     """Every tensor of the run: raw inputs, edge outputs (sent and edge outputs), cloud outputs."""
     available = dict(inputs)
-    edge_names = [o.name for o in edge.get_outputs()]
-    available.update(zip(edge_names, edge.run(edge_names, {i.name: inputs[i.name] for i in edge.get_inputs()})))
-    cloud_names = [o.name for o in cloud.get_outputs()]
-    available.update(zip(cloud_names, cloud.run(cloud_names, {i.name: available[i.name] for i in cloud.get_inputs()})))
+    available.update(edge.run({s.name: inputs[s.name] for s in edge.inputs}))
+    available.update(cloud.run({s.name: available[s.name] for s in cloud.inputs}))
     return available
 
 
 def verify_split(split_id: str, edge: Path, cloud: Path, cases: Sequence[tuple[Tensors, Tensors]]) -> dict[str, Any]:
     """The worst difference over the golden cases; PartitionError when beyond ``TOLERANCE``."""
-    edge_sess = onnxio.session(edge, f"edge segment of split {split_id!r}")
-    cloud_sess = onnxio.session(cloud, f"cloud segment of split {split_id!r}")
+    edge_session, cloud_session = (_load(split_id, side, path) for side, path in (("edge", edge), ("cloud", cloud)))
+    engine = ENGINES.get(edge_session.backend, edge_session.backend)
     worst = EXACT
     for k, (inputs, reference) in enumerate(cases):
         try:
-            actual = edge_then_cloud(edge_sess, cloud_sess, inputs)
-        except Exception as e:  # onnxruntime's own exception types
-            raise PartitionError(f"split {split_id!r} fails in onnxruntime: {str(e).strip().splitlines()[0]}") from None
+            actual = edge_then_cloud(edge_session, cloud_session, inputs)
+        except Exception as e:  # onnxruntime raises its own exception types, LiteRT sessions SplitpointError
+            raise PartitionError(f"split {split_id!r} fails in {engine}: {first_line(e)}") from None
         for name, ref in reference.items():
             got = actual[name]
             if got.shape != ref.shape or got.dtype != ref.dtype:
@@ -54,3 +56,10 @@ def verify_split(split_id: str, edge: Path, cloud: Path, cases: Sequence[tuple[T
             )
         worst = worst.worst(d)
     return worst.as_dict()
+
+
+def _load(split_id: str, side: str, path: Path) -> Session:
+    try:
+        return load_session(path)
+    except SplitpointError as e:
+        raise PartitionError(f"split {split_id!r}: the {side} segment does not load: {first_line(e)}") from None

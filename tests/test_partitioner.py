@@ -11,8 +11,8 @@ import pytest
 
 import partitioner
 from partitioner import PartitionError, inspect, parse_shapes, split
-from partitioner.onnxio import session
 from partitioner.verify import edge_then_cloud
+from splitpoint.backends import load_session
 from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, file_sha256
 from splitpoint.errors import SplitpointError
 from testbed.models import demo_cnn, save_demo_cnn
@@ -30,7 +30,7 @@ def full_model(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarra
 
 def run_split(bundle: Bundle, split_id: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     s = bundle.manifest.split(split_id)
-    return edge_then_cloud(session(bundle.path(s.edge_file), "edge"), session(bundle.path(s.cloud_file), "cloud"), inputs)
+    return edge_then_cloud(load_session(bundle.path(s.edge_file)), load_session(bundle.path(s.cloud_file)), inputs)
 
 
 # --- inspect -------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from partitioner import PartitionError, inspect, split
-from partitioner.onnxio import session
 from partitioner.verify import edge_then_cloud
+from splitpoint.backends import load_session
 from splitpoint.bundle import Bundle
 
 FLOAT = TensorProto.FLOAT
@@ -78,7 +78,7 @@ def test_outer_scope_references_must_be_sent(if_model: Path, tmp_path: Path) -> 
         inputs = {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4), "cond": np.array(cond)}
         a = np.maximum(inputs["x"], 0)
         expected = -a + a if cond else -a * a
-        got = edge_then_cloud(session(bundle.path(s.edge_file), "e"), session(bundle.path(s.cloud_file), "c"), inputs)
+        got = edge_then_cloud(load_session(bundle.path(s.edge_file)), load_session(bundle.path(s.cloud_file)), inputs)
         np.testing.assert_array_equal(got["y"], expected)
 
 

@@ -17,6 +17,7 @@ from partitioner.cuts import candidate_cuts, partition
 from partitioner.graph import GraphView
 from partitioner.onnxio import session
 from partitioner.verify import edge_then_cloud
+from splitpoint.backends import load_session
 
 
 @st.composite
@@ -66,7 +67,7 @@ def test_every_candidate_cut_splits_the_model_exactly(model: onnx.ModelProto) ->
         for s in splits:
             cloud = session(bundle.path(s.cloud_file), "cloud")
             assert [i.name for i in cloud.get_inputs()] == s.sent_names  # each sent tensor once, all of them read
-            got = edge_then_cloud(session(bundle.path(s.edge_file), "edge"), cloud, inputs)
+            got = edge_then_cloud(load_session(bundle.path(s.edge_file)), load_session(bundle.path(s.cloud_file)), inputs)
             for name, value in reference.items():
                 np.testing.assert_array_equal(got[name], value)
 

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from partitioner import PartitionError, inspect, split
-from partitioner.onnxio import session
 from partitioner.verify import edge_then_cloud
+from splitpoint.backends import load_session
 
 pytest.importorskip("torch")
 zoo = pytest.importorskip("testbed.zoo")
@@ -45,7 +45,7 @@ def test_single_multi_and_auto_cuts_reproduce_the_model(exported: Path, tmp_path
     x = {"x": np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)}
     reference = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"]).run(None, x)[0]
     for s in splits:
-        got = edge_then_cloud(session(bundle.path(s.edge_file), "e"), session(bundle.path(s.cloud_file), "c"), x)
+        got = edge_then_cloud(load_session(bundle.path(s.edge_file)), load_session(bundle.path(s.cloud_file)), x)
         np.testing.assert_allclose(got["logits"], reference, rtol=1e-4, atol=1e-5)
 
 

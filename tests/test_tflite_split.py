@@ -9,7 +9,7 @@ import pytest
 
 from partitioner import inspect, split
 from partitioner.tflite.flatbuffer import ints, op_name, read_model, tensor_name
-from partitioner.tflite.verify import edge_then_cloud
+from partitioner.verify import edge_then_cloud
 from splitpoint import cli
 from splitpoint.backends import load_session
 from splitpoint.bundle import CLOUD, LOCAL, Bundle, file_sha256

@@ -1,6 +1,6 @@
 """TFLite models, split in their own format: flatbuffer surgery with LiteRT's schema, no TensorFlow.
 
-``partitioner.split`` and ``partitioner.inspect`` send ``.tflite`` files here.
+``partitioner.split`` and ``partitioner.inspect`` open ``.tflite`` files with ``partitioner.tflite.format``.
 This module itself needs only the standard library, so checking a file's
 kind loads nothing of LiteRT.
 """
