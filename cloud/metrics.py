@@ -21,6 +21,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # The model label of requests for a model that is not served: a client-chosen name
 # must not become a label value, or any client could create series without bound.
 UNKNOWN_MODEL = "_unknown"
+# Requests per execution: 1 without batching, up to --max-batch with it.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class WorkerMetrics:
@@ -45,6 +47,10 @@ class WorkerMetrics:
             "splitpoint_worker_compute_duration_seconds", "Time spent running the segment",
             ["model"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.batch_size = Histogram(
+            "splitpoint_worker_batch_size", "Requests run together in one execution of the segment (1: unbatched)",
+            ["model"], buckets=BATCH_BUCKETS, registry=r,
+        )
         self.received_bytes = Counter(
             "splitpoint_worker_received_bytes",
             "Input tensor bytes received: form=encoded as they came on the wire, form=raw once decoded",
@@ -59,12 +65,13 @@ class WorkerMetrics:
             "splitpoint_worker_unauthenticated_requests", "Calls refused for a missing or wrong bearer token",
             registry=r,
         )
-        Gauge("splitpoint_worker_queue_depth", "Requests waiting for a compute slot",
+        Gauge("splitpoint_worker_queue_depth", "Requests waiting for a compute slot or for their batch",
               registry=r).set_function(lambda: admission.waiting)
         Gauge("splitpoint_worker_inflight_requests", "Requests computing now",
               registry=r).set_function(lambda: admission.inflight)
         for model in models:  # every served model's series exists from the start, at zero
-            for family in (self.request_seconds, self.queue_seconds, self.compute_seconds, self.dropped_expired):
+            for family in (self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size,
+                           self.dropped_expired):
                 family.labels(model=model)
             for form in ("encoded", "raw"):
                 self.received_bytes.labels(model=model, form=form)

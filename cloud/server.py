@@ -15,9 +15,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud.admission import Admission
-from cloud.core import InferenceCore
+from cloud.core import Batching, InferenceCore
 from cloud.metrics import WorkerMetrics
-from cloud.repository import load_segments
+from cloud.repository import SessionSettings, load_segments
 from cloud.security import TokenInterceptor, check_token, server_credentials
 from cloud.servicer import InferenceServicer
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
@@ -63,7 +63,8 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8500,
     *,
-    threads: int | None = None,
+    session: SessionSettings | None = None,
+    batching: Batching | None = None,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -76,9 +77,11 @@ def serve(
     grace_s: float = DEFAULT_GRACE_S,
     block: bool = True,
 ) -> Worker:
-    """Serve every cloud segment of ``bundles`` as an OIP model.
+    """Serve every cloud segment of ``bundles`` (bundles, or directories of bundles) as an OIP model.
 
-    At most ``max_inflight`` requests compute at once and ``max_queue`` wait;
+    ``session`` sets onnxruntime's options for every model; ``batching`` turns
+    on dynamic batching for the segments with a batch dimension. At most
+    ``max_inflight`` executions run at once and ``max_queue`` requests wait;
     past that a request gets RESOURCE_EXHAUSTED at once. ``tls_cert``/``tls_key``
     turn on TLS, ``tls_client_ca`` mutual TLS, ``token`` bearer-token checks on
     the OIP service; ``metrics_port`` serves Prometheus metrics over HTTP.
@@ -87,7 +90,7 @@ def serve(
     (``port=0`` picks a free port).
     """
     if not bundles:
-        raise SplitpointError("no bundle to serve: give at least one bundle directory")
+        raise SplitpointError("no bundle to serve: give at least one bundle directory or directory of bundles")
     # Security settings are checked before the (slow) model loading, so mistakes show at once.
     if (tls_cert is None) != (tls_key is None):
         raise SplitpointError("TLS needs both a certificate and its private key (--tls-cert and --tls-key)")
@@ -97,8 +100,10 @@ def serve(
     if token is not None:
         check_token(token)
     admission = Admission(max_inflight, max_queue)
+    if batching is not None and max_queue < 1:
+        raise SplitpointError("batches form in the queue: --max-batch needs --max-queue of at least 1")
 
-    segments = load_segments(bundles, threads=threads)
+    segments = load_segments(bundles, session)
     if not segments:
         raise SplitpointError("the bundles have no cloud segments to serve")
     metrics = WorkerMetrics(segments, admission)
@@ -114,7 +119,7 @@ def serve(
         # Calls past the threads are refused (RESOURCE_EXHAUSTED) instead of waiting unseen in gRPC's own queue.
         maximum_concurrent_rpcs=rpc_threads,
     )
-    core = InferenceCore(segments, admission, metrics)
+    core = InferenceCore(segments, admission, metrics, batching)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core, metrics, max_decoded_bytes), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -142,6 +147,10 @@ def serve(
         address, transport, auth, len(segments), ", ".join(worker.models), metrics_at,
         extra={"event": "listening", "address": address, "transport": transport, "models": worker.models},
     )
+    for name, seg in sorted(segments.items()):
+        batched = f"batched up to {batching.max_batch} rows" if batching and name in core.batchers else "unbatched"
+        log.info("model %s: %s; %s", name, getattr(seg.session, "description", seg.session.backend), batched,
+                 extra={"event": "model", "model": name, "batched": name in core.batchers})
     if stop is not None:
         # A signal may land on one of gRPC's threads, which does not wake a main thread blocked
         # in wait(); Python runs the handler only once the main thread runs again, so poll.

@@ -97,13 +97,15 @@ class CircuitBreaker:
                 return
             serving = retrying(self._probe)
             with self._lock:
-                self._need_probe.clear()
+                if not self._closed_event.is_set():  # shutdown's wake-up must not be lost
+                    self._need_probe.clear()
                 if serving and self.state is State.OPEN:
                     self.state = State.HALF_OPEN
                     log.info("worker health probe answered SERVING: circuit half-open")
 
     def shutdown(self) -> None:
-        self._closed_event.set()
-        self._need_probe.set()
+        with self._lock:
+            self._closed_event.set()
+            self._need_probe.set()
         if self._prober is not None:
             self._prober.join(timeout=5)

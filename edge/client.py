@@ -1,8 +1,11 @@
-"""The edge's gRPC connection to a worker: OIP inference and grpc.health.v1 probes."""
+"""The edge's gRPC connection to its workers: OIP inference and grpc.health.v1 probes."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from collections import namedtuple
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,24 +93,81 @@ def _read(path: str | Path | None, what: str) -> bytes | None:
         raise SplitpointError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
 
 
-class WorkerClient:
-    """One channel to one worker address.
+def worker_addresses(cloud: str | Sequence[str]) -> list[str]:
+    """``"h:p,h:p"`` or a list of ``"h:p"``: the addresses, blanks dropped."""
+    parts = cloud.split(",") if isinstance(cloud, str) else list(cloud)
+    addresses = [a.strip() for a in parts if a.strip()]
+    if not addresses:
+        raise SplitpointError(f"no worker address in {cloud!r}: give HOST:PORT, or several separated by commas")
+    return addresses
 
-    Reconnect backoff is kept short so a restarted worker is found within
-    seconds; gRPC's own retries are off because the runtime retries within
-    the request's budget itself. With ``tls`` the channel is TLS only (no
-    plaintext fallback); ``token`` is sent as ``authorization: Bearer`` on
-    every call made on ``channel``.
+
+def channel_target(addresses: Sequence[str]) -> str:
+    """One gRPC target for all ``addresses``.
+
+    One address is used as given (a DNS name that resolves to several workers
+    is spread over by round_robin too). Several must be IP literals of one
+    family: gRPC's ``ipv4:``/``ipv6:`` resolvers take a list of addresses, its
+    DNS resolver takes one name.
+    """
+    if len(addresses) == 1:
+        return addresses[0]
+    families = [_ip_family(a) for a in addresses]
+    for a, family in zip(addresses, families):
+        if family is None:
+            raise SplitpointError(
+                f"worker address {a!r}: several workers must be given as IP:PORT ([IPv6]:PORT); "
+                "for host names give one DNS name that resolves to all of them"
+            )
+    if len(set(families)) > 1:
+        raise SplitpointError(f"worker addresses {list(addresses)} mix IPv4 and IPv6: give one family")
+    return f"ipv{families[0]}:" + ",".join(addresses)
+
+
+def _ip_family(address: str) -> int | None:
+    """4 for ``IPv4:PORT``, 6 for ``[IPv6]:PORT``, None for anything else."""
+    host, _, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return None
+    return ip.version if port.isdigit() and bracketed == (ip.version == 6) else None
+
+
+class WorkerClient:
+    """One channel to one or several worker addresses.
+
+    gRPC's ``round_robin`` policy spreads calls over the connected workers
+    and skips one that is down. With several addresses and a
+    ``health_service``, gRPC's client-side health checking also skips a
+    worker that is up but does not report that service SERVING (another
+    model version, or draining). Reconnect backoff is kept short so a
+    restarted worker is found within seconds; gRPC's own retries are off
+    because the runtime retries within the request's budget itself. With
+    ``tls`` the channel is TLS only (no plaintext fallback); ``token`` is
+    sent as ``authorization: Bearer`` on every call made on ``channel``.
     """
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         token: str | None = None,
+        health_service: str | None = None,
     ):
-        self.address = address
+        addresses = worker_addresses(address)
+        if tls is not None and len(addresses) > 1 and not tls.server_name:
+            raise SplitpointError(
+                "TLS to several workers needs ClientTLS(server_name=...): the name their certificates carry "
+                "(a list of addresses gives gRPC no host name to check)"
+            )
+        self.address = ",".join(addresses)
+        target = channel_target(addresses)
+        config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+        if len(addresses) > 1 and health_service is not None:
+            config["healthCheckConfig"] = {"serviceName": health_service}
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -115,13 +175,14 @@ class WorkerClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.service_config", json.dumps(config)),
         ]
         if tls is None:
-            channel = grpc.insecure_channel(address, options=options)
+            channel = grpc.insecure_channel(target, options=options)
         else:
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
-            channel = grpc.secure_channel(address, tls.credentials(), options=options)
+            channel = grpc.secure_channel(target, tls.credentials(), options=options)
         self.channel = grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
         self._oip = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)

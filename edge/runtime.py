@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
 from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2 as pb
-from splitpoint.backends import Session, load_session
+from splitpoint.backends import Session, SharedWeights, load_session, release_free_memory
 from splitpoint.bundle import LOCAL, Bundle, Manifest, Split, health_service, segment_model_name
 from splitpoint.cost import SplitCost
 from splitpoint.errors import CodecError, SplitpointError, WireError
@@ -61,16 +61,22 @@ class EdgeRuntime:
     """Split inference for one bundle.
 
     ``split`` is a split id from the bundle, "local" or "cloud" (default: the
-    bundle's default split). ``deadline_ms`` is the latency budget of a call to
+    bundle's default split). ``cloud`` is the worker's ``HOST:PORT``, or
+    several (a list, or one string separated by commas) that gRPC's
+    round_robin balances over, skipping those down or not serving this model
+    version. ``deadline_ms`` is the latency budget of a call to
     the worker path: past it the suffix finishes locally. ``codec`` overrides
     the bundle's codec for the cut tensors. ``tls`` and ``token`` reach a
     worker that requires TLS (or mutual TLS) and a bearer token.
+    ``share_weights`` holds each weight once across the full model, prefixes
+    and suffixes (see ``splitpoint.backends.SharedWeights``); it applies when
+    more than one onnxruntime session is loaded.
     """
 
     def __init__(
         self,
         bundle: str | Path,
-        cloud: str | None = None,
+        cloud: str | Sequence[str] | None = None,
         split: str | None = None,
         deadline_ms: float = 1000.0,
         codec: str | None = None,
@@ -80,6 +86,7 @@ class EdgeRuntime:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         token: str | None = None,
+        share_weights: bool = True,
     ):
         self.bundle = Bundle(bundle)
         m = self.bundle.manifest
@@ -100,15 +107,21 @@ class EdgeRuntime:
             )
 
         self._threads = threads
-        self._full = load_session(self.bundle.model_path(), threads=threads)
+        files = {self.bundle.model_path()} | {
+            self.bundle.path(f) for i in ids for f in (m.split(i).edge_file, m.split(i).cloud_file) if f
+        }
+        onnx_files = [f for f in files if f.suffix == ".onnx"]
+        self.shared_weights = SharedWeights() if share_weights and len(onnx_files) > 1 else None
+        self._full = load_session(self.bundle.model_path(), threads=threads, shared=self.shared_weights)
         self._segments = {i: self._load_segments(m.split(i)) for i in ids}
+        release_free_memory()  # the parsed model files
 
         self._client: WorkerClient | None = None
         self.breaker: CircuitBreaker | None = None
         self._closed = threading.Event()
         if remote:
-            self._client = WorkerClient(cloud, max_message_bytes, tls=tls, token=token)  # type: ignore[arg-type]
             service = health_service(self._segments[remote[0]].model_name, m.model_sha256)
+            self._client = WorkerClient(cloud, max_message_bytes, tls=tls, token=token, health_service=service)  # type: ignore[arg-type]
             self.breaker = CircuitBreaker(lambda: self._client.serving(service), failure_threshold)
             if split == AUTO:
                 threading.Thread(target=self._probe_rtt, args=(service,), name="splitpoint-rtt-probe", daemon=True).start()
@@ -204,7 +217,9 @@ class EdgeRuntime:
             if rel is None:
                 return None
             path = self.bundle.path(rel)
-            return self._full if path == self.bundle.model_path() else load_session(path, threads=self._threads)
+            if path == self.bundle.model_path():
+                return self._full
+            return load_session(path, threads=self._threads, shared=self.shared_weights)
 
         model_name = segment_model_name(self.bundle.name, split.id)
         return Segments(split, model_name, open_(split.edge_file), open_(split.cloud_file))

@@ -1,6 +1,7 @@
 """The partitioner: cut an ONNX model into an edge prefix and a cloud suffix, and bundle it.
 
-``inspect`` lists the candidate cuts with the bytes each would send; ``split``
+``from_torch`` exports a PyTorch module to ONNX with names that follow module
+paths. ``inspect`` lists the candidate cuts with the bytes each would send; ``split``
 writes a verified bundle (see ``splitpoint.bundle``); ``profile`` measures a
 model's per-node latency on this machine; ``plan`` predicts the best split per
 network link from an edge and a cloud profile (objectives and constraints
@@ -13,6 +14,7 @@ from partitioner.errors import PartitionError
 from partitioner.objectives import Objective, PowerProfile, cloud_compute, edge_energy, latency
 from partitioner.plan import Plan, plan
 from partitioner.profile import Profile, profile
+from partitioner.pytorch import from_torch
 from partitioner.search import Constraints
 from partitioner.shapes import parse_shapes
 
@@ -27,6 +29,7 @@ __all__ = [
     "Profile",
     "cloud_compute",
     "edge_energy",
+    "from_torch",
     "inspect",
     "latency",
     "parse_shapes",

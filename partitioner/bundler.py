@@ -13,16 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from partitioner.calibration import DEFAULT_MIN_AGREEMENT, CalibrationArg, Calibrator, SplitChecker, Threshold, load_calibrator
 from partitioner.candidates import auto_candidate, describe_candidates
 from partitioner.cuts import Cut, candidate_cuts, resolve_cut
 from partitioner.errors import PartitionError
-from partitioner.formats import ModelFormat, format_of
+from partitioner.formats import ModelFormat, format_of, write_segments
 from partitioner.golden import Tensors, write_golden
 from partitioner.measure import TensorTable
 from partitioner.pricing import Pricing, ProfileArg
-from partitioner.search import Region, pareto
+from partitioner.search import Constraints, Region, pareto
 from partitioner.staging import check_target, staged_directory
-from partitioner.verify import verify_split
+from partitioner.verify import load_segment, verify_split
 from splitpoint import codec as codec_mod
 from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, Manifest, Split, file_sha256, slug, write_manifest
 
@@ -69,6 +70,9 @@ def split(
     edge_profile: ProfileArg = None,
     cloud_profile: ProfileArg = None,
     rtt_ms: float = DEFAULT_RTT_MS,
+    calibration: CalibrationArg = None,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    max_rel_error: float | None = None,
 ) -> Bundle:
     """Split ``model`` at each cut in ``at`` and write the verified bundle to ``out``.
 
@@ -78,6 +82,11 @@ def split(
     for those only. Whenever splits are priced, each one's ``predicted`` cost is
     in the manifest and the profiles are copied into the bundle. Pricing is for
     ONNX models only.
+
+    With ``calibration`` (an .npz of input samples, see ``partitioner.calibration``)
+    every split also runs through ``codec`` on those samples: a requested split
+    under ``min_agreement`` (or over ``max_rel_error``) is refused, candidates
+    under it are not taken, and each split's figures go in its ``verification``.
     """
     priced = candidates is not None or edge_profile is not None or cloud_profile is not None
     kind = format_of(model)
@@ -95,17 +104,22 @@ def split(
         raise PartitionError(f"--rtt-ms {rtt_ms:g}: must not be negative")
     check_target(out, overwrite)
     codec = codec_mod.parse(codec).spec  # a bad --codec fails before any work
+    threshold = Threshold(min_agreement, max_rel_error)
     requests = cut_requests(at) if at is not None else []
     log(f"loading {model}")
     fmt = kind.open(model, shapes, log)
     source = fmt.source
     view = source.view
     named = {i: resolve_cut(view, names) for i, names in enumerate(requests) if names is not None}
+    calibrator = load_calibrator(source.path, calibration, codec, threshold, log)
     sweep_cuts = candidate_cuts(view) if None in requests else []
     pricing = Pricing.of(source, edge_profile, cloud_profile, codec, log) if priced else None  # ONNX: kind.prices
     for note in pricing.notes if pricing else []:
         log(f"note: {note}")
-    regions = _pareto_regions(pricing, rtt_ms, log) if pricing is not None and candidates is not None else []
+    regions: list[Region] = []
+    if pricing is not None and candidates is not None:
+        checker = None if calibrator is None else SplitChecker(pricing.cost_model, calibrator, log)
+        regions = _pareto_regions(pricing, rtt_ms, log, Constraints(refusal=checker.refusal) if checker else None)
     pareto_cuts = [resolve_cut(view, r.choice.at) for r in regions if r.choice.at]
 
     log(f"running the full model on {golden} golden input(s){fmt.engine_note}")
@@ -123,6 +137,9 @@ def split(
     with staged_directory(out, overwrite) as root:
         splits = [_write_split(fmt, table, cut, split_id, root, cases, log) for cut, split_id in _with_ids(cuts)]
         trivial = _trivial_splits(table, view.inputs, source.compute_nodes, fmt.model_file)
+        if calibrator is not None:
+            splits = [_calibrated(calibrator, s, root, log) for s in splits]
+            trivial = _calibrated(calibrator, trivial[0], root, log), _calibrated(calibrator, trivial[1], root, log)
         default = splits[0].id if requests else _default_candidate(regions, splits)
         if pricing is not None:
             splits = [_priced(pricing, s, cut.prefix) for s, cut in zip(splits, cuts)]
@@ -146,9 +163,11 @@ def split(
     return Bundle(out)
 
 
-def _pareto_regions(pricing: Pricing, rtt_ms: float, log: Callable[[str], None]) -> list[Region]:
+def _pareto_regions(
+    pricing: Pricing, rtt_ms: float, log: Callable[[str], None], constraints: Constraints | None
+) -> list[Region]:
     """The splits that are fastest for some bandwidth from 0.1 to 1000 Mbit/s, logged with where they win."""
-    regions = pareto(pricing.cost_model, rtt_ms)
+    regions = pareto(pricing.cost_model, rtt_ms, constraints=constraints)
     for r in regions:
         log(f"candidate {r.choice.id}: fastest from {r.low_bps / 1e6:.3g} to {r.high_bps / 1e6:.3g} Mbit/s "
             f"at RTT {rtt_ms:g} ms")
@@ -212,20 +231,8 @@ def _write_split(
     cases: list[tuple[Tensors, Tensors]],
     log: Callable[[str], None],
 ) -> Split:
-    view = fmt.source.view
     log(f"extracting split {split_id}: sends {', '.join(cut.sent)}")
-    prefix_reads = set(view.needs(cut.prefix))
-    edge_inputs = [t for t in view.inputs if t in prefix_reads]
-    edge_outputs = [t for t in cut.sent if t in view.producer] + [o for o in cut.edge_outputs if o not in cut.sent]
-    cloud_outputs = [o for o in view.outputs if o not in cut.edge_outputs]
-    edge_file, cloud_file = f"edge/{split_id}{fmt.suffix}", f"cloud/{split_id}{fmt.suffix}"
-    for rel, nodes, inputs, outputs in (
-        (edge_file, cut.prefix, edge_inputs, edge_outputs),
-        (cloud_file, cut.suffix, cut.sent, cloud_outputs),
-    ):
-        side = rel.split("/")[0]
-        (root / side).mkdir(exist_ok=True)
-        fmt.write_segment(root / rel, split_id, side, nodes, inputs, outputs, table)
+    edge_file, cloud_file = write_segments(fmt, table, cut, split_id, root)
     log(f"verifying split {split_id} on {len(cases)} golden input(s){fmt.engine_note}")
     verification = verify_split(split_id, root / edge_file, root / cloud_file, cases)
     log(f"split {split_id}: " + ("bit-exact" if verification["exact"] else f"max_rel {verification['max_rel']:.3g}"))
@@ -239,6 +246,31 @@ def _write_split(
         cloud_nodes=len(cut.suffix),
         verification=verification,
     )
+
+
+def _calibrated(calibrator: Calibrator, split: Split, root: Path, log: Callable[[str], None]) -> Split:
+    """``split`` with its calibration figures in ``verification``; PartitionError if it is refused.
+
+    ``local`` is exact by definition. ``cloud`` is in every bundle whatever it
+    scores, so a refused ``cloud`` is a warning, not an error.
+    """
+    if split.id == LOCAL:
+        agreement = calibrator.exact()
+    else:
+        edge = None if split.edge_file is None else load_segment(split.id, "edge", root / split.edge_file)
+        cloud = calibrator.full if split.edge_file is None else load_segment(split.id, "cloud", root / split.cloud_file)
+        agreement = calibrator.check(edge, cloud)
+        if agreement.refused and split.id == CLOUD:
+            log(f"warning: split 'cloud' (the raw inputs sent) falls under the calibration: {agreement.refused}; "
+                "the bundle holds it anyway, do not pin it")
+        elif agreement.refused:
+            raise PartitionError(f"split {split.id!r} is refused: {agreement.refused}; "
+                                 "cut elsewhere or use a finer codec (int8-channel, fp16)")
+        else:
+            top1 = "" if agreement.top1 is None else f"top-1 agreement {agreement.top1:.3f}, "
+            log(f"split {split.id}: {top1}max_rel {agreement.max_rel:.3g} {calibrator.measured_on}")
+    record = {**calibrator.to_json(), **agreement.to_json()}
+    return replace(split, verification={**split.verification, "calibration": record})
 
 
 def _trivial_splits(table: TensorTable, inputs: list[str], total_nodes: int, model_file: str) -> tuple[Split, Split]:

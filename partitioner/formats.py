@@ -18,6 +18,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from partitioner import extract, onnxio
+from partitioner.cuts import Cut
 from partitioner.errors import PartitionError, first_line
 from partitioner.golden import Tensors
 from partitioner.graph import GraphView
@@ -89,6 +90,28 @@ def format_of(model: str | Path) -> type[ModelFormat]:
 
 def open_model(model: str | Path, shapes: Mapping[str, Sequence[int]] | None, log: Log) -> ModelFormat:
     return format_of(model).open(model, shapes, log)
+
+
+def write_segments(fmt: ModelFormat, table: TensorTable, cut: Cut, split_id: str, root: Path) -> tuple[str, str]:
+    """Write the edge and cloud segments of ``cut`` under ``root``; their paths relative to it.
+
+    The edge computes what is sent plus the graph outputs the prefix computes;
+    the cloud takes what is sent and computes the other outputs.
+    """
+    view = fmt.source.view
+    prefix_reads = set(view.needs(cut.prefix))
+    edge_inputs = [t for t in view.inputs if t in prefix_reads]
+    edge_outputs = [t for t in cut.sent if t in view.producer] + [o for o in cut.edge_outputs if o not in cut.sent]
+    cloud_outputs = [o for o in view.outputs if o not in cut.edge_outputs]
+    edge_file, cloud_file = f"edge/{split_id}{fmt.suffix}", f"cloud/{split_id}{fmt.suffix}"
+    for rel, nodes, inputs, outputs in (
+        (edge_file, cut.prefix, edge_inputs, edge_outputs),
+        (cloud_file, cut.suffix, cut.sent, cloud_outputs),
+    ):
+        side = rel.split("/")[0]
+        (root / side).mkdir(exist_ok=True)
+        fmt.write_segment(root / rel, split_id, side, nodes, inputs, outputs, table)
+    return edge_file, cloud_file
 
 
 @dataclass

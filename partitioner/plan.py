@@ -21,17 +21,24 @@ JSON (``Plan.to_json``):
                 "breakdown": {"edge_ms", "transfer_ms", "cloud_ms"},
                 "speedup_vs_local", "speedup_vs_cloud", "latency_ms_by_split": {id: ms}, "notes"}],
      "sweep": {"rtt_ms", "regions": [{"from_bps", "to_bps", "split"}]},
-     "notes": [...]}
+     "notes": [...],
+     "calibration": {"file", "samples", "codec", "min_agreement", "max_rel_error", "classifier_outputs",
+                     "splits": [{"id", "at", "sent", "samples", "top1", "max_abs", "max_rel", "offered", "refused"}]}}
+
+"calibration" is there only when the plan was given calibration inputs; its
+splits are every split checked (each one shown, and each one the search
+considered and refused).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from partitioner.calibration import DEFAULT_MIN_AGREEMENT, Agreement, CalibrationArg, SplitChecker, Threshold, load_calibrator
 from partitioner.costmodel import Choice
 from partitioner.errors import PartitionError
 from partitioner.objectives import OBJECTIVES, Objective
@@ -77,6 +84,7 @@ class Plan:
     sweep_rtt_ms: float
     sweep: list[Region]
     notes: list[str] = field(default_factory=list)
+    calibration: SplitChecker | None = None  # every split checked on the calibration inputs, refused ones too
 
     @property
     def splits(self) -> list[Choice]:
@@ -86,7 +94,7 @@ class Plan:
         for c in [first.local, first.cloud, *(r.choice for r in self.sweep), *(lp.best for lp in self.links)]:
             if c is not None:
                 seen.setdefault(c.prefix, c)
-        return sorted(seen.values(), key=lambda c: (c.id != "cloud", c.id == LOCAL, len(c.prefix)))
+        return sorted(seen.values(), key=_table_order)
 
     def to_text(self) -> str:
         lines = [f"plan for {self.model.name} ({self.compute_nodes} nodes), codec {self.codec}, "
@@ -129,9 +137,30 @@ class Plan:
         lines.append(f"best split by bandwidth (RTT {self.sweep_rtt_ms:g} ms):")
         for r in self.sweep:
             lines.append(f"  {_mbit(r.low_bps):>9} - {_mbit(r.high_bps):<9} Mbit/s  {r.choice.id}")
+        if self.calibration is not None:
+            lines += ["", *self._calibration_text(self.calibration)]
         return "\n".join(lines)
 
+    def _calibration_text(self, checker: SplitChecker) -> list[str]:
+        c = checker.calibrator
+        rule = f"top-1 agreement >= {c.threshold.min_agreement:g}"
+        if c.threshold.max_rel_error is not None:
+            rule += f" and max_rel <= {c.threshold.max_rel_error:g}"
+        lines = [f"calibration: {c.calibration.samples} sample(s) from {c.calibration.path.name}, codec {c.codec.spec}; "
+                 f"a split is offered when {rule} (local always is)"]
+        lines.append(f"  {'split':<34} {'top-1':>6} {'max abs':>10} {'max rel':>10}  offered")
+        for choice, a in _by_prefix(checker.checked.values()):
+            status = "yes" if a.offered else f"no: {a.refused}"
+            lines.append(f"  {_short(choice.id, 34):<34} {_figure(a.top1, '.3f'):>6} {_figure(a.max_abs, '.3g'):>10} "
+                         f"{_figure(a.max_rel, '.3g'):>10}  {status}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
+        calibrated = {} if self.calibration is None else {"calibration": {
+            **self.calibration.calibrator.to_json(),
+            "splits": [{"id": c.id, "at": list(c.at), "sent": list(c.sent), **a.to_json()}
+                       for c, a in _by_prefix(self.calibration.checked.values())],
+        }}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -151,6 +180,7 @@ class Plan:
                 "regions": [{"from_bps": r.low_bps, "to_bps": r.high_bps, "split": r.choice.id} for r in self.sweep],
             },
             "notes": list(self.notes),
+            **calibrated,
         }
 
     def _link_json(self, lp: LinkPlan) -> dict[str, Any]:
@@ -193,6 +223,19 @@ def _choice_json(c: Choice, total: int) -> dict[str, Any]:
     }
 
 
+def _table_order(c: Choice) -> tuple[bool, bool, int]:
+    """Cloud first, local last, the others by prefix size."""
+    return c.id != "cloud", c.id == LOCAL, len(c.prefix)
+
+
+def _by_prefix(checked: Iterable[tuple[Choice, Agreement]]) -> list[tuple[Choice, Agreement]]:
+    return sorted(checked, key=lambda item: _table_order(item[0]))
+
+
+def _figure(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 2] + ".."
 
@@ -224,11 +267,17 @@ def plan(
     shapes: Mapping[str, Sequence[int]] | None = None,
     cloud_threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    calibration: CalibrationArg = None,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    max_rel_error: float | None = None,
 ) -> Plan:
     """The best split of ``model`` for each link, from the two profiles.
 
     A side without a profile is profiled on this machine: the edge with one
-    thread, the cloud with ``cloud_threads`` (default: every core).
+    thread, the cloud with ``cloud_threads`` (default: every core). With
+    ``calibration`` (an .npz of input samples, see ``partitioner.calibration``)
+    each split considered runs through the codec on those samples, and one that
+    falls under ``min_agreement`` (or over ``max_rel_error``) is not offered.
     """
     log = log or (lambda _: None)
     parsed = [link if isinstance(link, Link) else Link.parse(link) for link in links]
@@ -237,10 +286,17 @@ def plan(
     codec = parse_codec(codec).spec
     objective = resolve_objective(objective)
     constraints = constraints or Constraints()
+    threshold = Threshold(min_agreement, max_rel_error)
     log(f"loading {model}")
     source = Source.open(model, shapes, log)
+    calibrator = load_calibrator(source.path, calibration, codec, threshold, log)  # before profiling: fails fast
     pricing = Pricing.of(source, edge_profile, cloud_profile, codec, log, cloud_threads)
     cost_model, notes = pricing.cost_model, pricing.notes
+    checker = None
+    if calibrator is not None:
+        checker = SplitChecker(cost_model, calibrator, log)
+        constraints = replace(constraints, refusal=checker.refusal)
+        notes += [calibrator.note] if calibrator.note else []
     log(f"searching the best split for {len(parsed)} link(s)")
     link_plans = [LinkPlan(link, best_split(cost_model, link, objective, constraints)) for link in parsed]
     sweep_rtt = statistics.median(link.rtt_ms for link in parsed)
@@ -248,5 +304,9 @@ def plan(
     sweep = pareto(cost_model, sweep_rtt, objective, constraints)
     if constraints.edge_memory_mb is not None:
         notes.append("--edge-memory-mb is checked on candidate splits, not inside the min-cut (peak memory does not add up)")
-    return Plan(source.path, cost_model.model_sha256, source.compute_nodes, codec, objective, constraints,
-                pricing.profiles, pricing.measured_here, link_plans, sweep_rtt, sweep, notes)
+    result = Plan(source.path, cost_model.model_sha256, source.compute_nodes, codec, objective, constraints,
+                  pricing.profiles, pricing.measured_here, link_plans, sweep_rtt, sweep, notes, checker)
+    if checker is not None:
+        for choice in result.splits:
+            checker.agreement(choice)  # every split shown says how it fared, refused or not
+    return result

@@ -22,8 +22,10 @@ by construction (up to the integer rounding max-flow needs: 1e-6 of a unit).
 Constraints: a privacy floor (``min_edge_ops``: the first N compute nodes in
 topological order stay on the edge, an infinite s -> v; ``no_raw_inputs``:
 sending a graph input is infinite) is part of the cut. An edge memory ceiling
-is not additive (peak memory), so a split over it is dropped and the best of
-the splits that fit (the topological-sweep candidates, local and cloud) is
+is not additive (peak memory), nor is a check run on the whole split
+(``refusal``: agreement on calibration inputs through a lossy codec), so a
+split that breaks them is dropped and the best of the splits that pass (the
+topological-sweep candidates, local and cloud, checked cheapest first) is
 taken instead, with a note.
 """
 
@@ -39,6 +41,7 @@ from partitioner.costmodel import Choice, CostModel
 from partitioner.cuts import candidate_cuts
 from partitioner.errors import PartitionError
 from partitioner.objectives import Objective, latency
+from splitpoint.bundle import LOCAL
 from splitpoint.cost import Link, SplitCost
 
 _RESOLUTION = 1e6  # integer capacity units per objective unit: max-flow on floats is not exact
@@ -49,11 +52,16 @@ MAX_BANDWIDTH_BPS = 1000e6
 
 @dataclass(frozen=True)
 class Constraints:
-    """A privacy floor (``min_edge_ops``, ``no_raw_inputs``) and an edge memory ceiling in MB."""
+    """A privacy floor (``min_edge_ops``, ``no_raw_inputs``), an edge memory ceiling in MB, and a check of whole splits.
+
+    ``refusal`` says why a split is not offered, or None: ``plan`` sets it from
+    calibration inputs (``partitioner.calibration``); ``local`` is never asked.
+    """
 
     min_edge_ops: int = 0
     no_raw_inputs: bool = False
     edge_memory_mb: float | None = None
+    refusal: Callable[[Choice], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.min_edge_ops < 0:
@@ -65,16 +73,21 @@ class Constraints:
     def private(self) -> bool:
         return self.min_edge_ops > 0 or self.no_raw_inputs
 
-    def violation(self, model: CostModel, choice: Choice, memory: bool = True) -> str | None:
-        """Why ``choice`` breaks a constraint (the memory ceiling only if ``memory``), or None."""
+    def violation(self, model: CostModel, choice: Choice, measured: bool = True) -> str | None:
+        """Why ``choice`` breaks a constraint, or None; the memory ceiling and ``refusal`` (not additive, so
+        outside the min-cut) only if ``measured``."""
         view = model.source.view
         if self.private and choice.id != "local":
             if not set(view.order[: self.min_edge_ops]) <= choice.prefix:
                 return f"--min-edge-ops {self.min_edge_ops}: fewer nodes on the edge"
             if self.no_raw_inputs and any(t in view.inputs for t in choice.sent):
                 return "--no-raw-inputs: sends a graph input"
-        if memory and self.edge_memory_mb is not None and choice.edge_mb > self.edge_memory_mb:
+        if not measured:
+            return None
+        if self.edge_memory_mb is not None and choice.edge_mb > self.edge_memory_mb:
             return f"--edge-memory-mb {self.edge_memory_mb:g}: needs {choice.edge_mb:.1f} MB on the edge"
+        if self.refusal is not None and choice.id != LOCAL:
+            return self.refusal(choice)
         return None
 
 
@@ -146,17 +159,23 @@ def best_split(
     local, cloud = model.choice(model.nodes), _sendable_choice(model, frozenset())
     prefix = min_cut_prefix(model, link, objective, constraints)
     found = _sendable_choice(model, prefix) if prefix and prefix != model.nodes else None
-    private = [c for c in (local, cloud, found) if c is not None and constraints.violation(model, c, memory=False) is None]
-    best = min(private, key=lambda c: (objective.score(c.cost, link), len(c.prefix)))  # local is always private
+    private = [c for c in (local, cloud, found) if c is not None and constraints.violation(model, c, measured=False) is None]
+
+    def rank(c: Choice) -> tuple[float, int]:
+        return objective.score(c.cost, link), len(c.prefix)
+
+    best = min(private, key=rank)  # local is always private
     why = constraints.violation(model, best)
     if why is None:
         return Result(best, local, cloud)
-    # over the memory ceiling: the best of the splits that fit, among the candidates
-    fitting = [c for c in [*private, *_sweep_candidates(model)] if constraints.violation(model, c) is None]
-    if not fitting:
+    # over the memory ceiling or refused: the best of the candidates that pass, checked cheapest first
+    # (a refusal may have to run the split)
+    pool = sorted([*private, *_sweep_candidates(model)], key=rank)
+    fitting = next((c for c in pool if constraints.violation(model, c) is None), None)
+    if fitting is None:
         raise PartitionError(f"no split satisfies the constraints: even the best one breaks {why}")
-    note = f"the optimal split {best.id} breaks {why}; taking the best of the candidate cuts that fit"
-    return Result(min(fitting, key=lambda c: (objective.score(c.cost, link), len(c.prefix))), local, cloud, [note])
+    note = f"the optimal split {best.id} breaks {why}; taking the best of the candidate cuts that pass"
+    return Result(fitting, local, cloud, [note])
 
 
 def _sendable_choice(model: CostModel, prefix: frozenset[int]) -> Choice | None:

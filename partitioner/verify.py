@@ -10,9 +10,11 @@ tolerance otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from partitioner.errors import PartitionError, first_line
 from partitioner.golden import Tensors
@@ -23,17 +25,27 @@ from splitpoint.errors import SplitpointError
 ENGINES = {"onnxruntime": "onnxruntime", "litert": "LiteRT"}  # Session.backend as messages name it
 
 
-def edge_then_cloud(edge: Session, cloud: Session, inputs: Tensors) -> Tensors:
-    """Every tensor of the run: raw inputs, edge outputs (sent and edge outputs), cloud outputs."""
+def edge_then_cloud(
+    edge: Session | None, cloud: Session, inputs: Tensors, send: Callable[[str, np.ndarray], np.ndarray] | None = None
+) -> Tensors:
+    """Every tensor of the run: raw inputs, edge outputs (sent and edge outputs), cloud outputs.
+
+    ``edge`` is None when the raw inputs are sent (the ``cloud`` split);
+    ``send(name, value)`` stands for the wire (a lossy codec) between the two.
+    """
     available = dict(inputs)
-    available.update(edge.run({s.name: inputs[s.name] for s in edge.inputs}))
-    available.update(cloud.run({s.name: available[s.name] for s in cloud.inputs}))
+    if edge is not None:
+        available.update(edge.run({s.name: inputs[s.name] for s in edge.inputs}))
+    sent = {s.name: available[s.name] for s in cloud.inputs}
+    if send is not None:
+        sent = {name: send(name, value) for name, value in sent.items()}
+    available.update(cloud.run(sent))
     return available
 
 
 def verify_split(split_id: str, edge: Path, cloud: Path, cases: Sequence[tuple[Tensors, Tensors]]) -> dict[str, Any]:
     """The worst difference over the golden cases; PartitionError when beyond ``TOLERANCE``."""
-    edge_session, cloud_session = (_load(split_id, side, path) for side, path in (("edge", edge), ("cloud", cloud)))
+    edge_session, cloud_session = (load_segment(split_id, side, path) for side, path in (("edge", edge), ("cloud", cloud)))
     engine = ENGINES.get(edge_session.backend, edge_session.backend)
     worst = EXACT
     for k, (inputs, reference) in enumerate(cases):
@@ -58,7 +70,8 @@ def verify_split(split_id: str, edge: Path, cloud: Path, cases: Sequence[tuple[T
     return worst.as_dict()
 
 
-def _load(split_id: str, side: str, path: Path) -> Session:
+def load_segment(split_id: str, side: str, path: Path) -> Session:
+    """The session of one segment of a split; a PartitionError naming them if it does not load."""
     try:
         return load_session(path)
     except SplitpointError as e:

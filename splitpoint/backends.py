@@ -1,12 +1,20 @@
 """Runtime backends: one small session interface over the inference engines.
 
-ONNX Runtime runs ``.onnx`` models and LiteRT runs ``.tflite`` models, behind
-the same ``Session`` shape. Each engine is imported only when a model needs
-it, so the edge loads no inference engine it does not use.
+ONNX Runtime runs ``.onnx`` models, LiteRT runs ``.tflite`` models and
+PyTorch runs TorchScript ``.pt`` files, behind the same ``Session`` shape.
+Each engine is imported only when a model needs it, so the edge loads no
+inference engine it does not use (and ``import edge`` never imports torch).
+
+The edge holds the full model, prefixes and suffixes: the same weights in
+several files. ``SharedWeights`` makes onnxruntime sessions of one model hold
+each distinct weight once.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import json
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,26 +61,146 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, dtype, tuple(arg.shape))
 
 
+@functools.cache
+def _onnx_model_class() -> Any:
+    """A protobuf class that reads an ONNX file's top-level initializers and skips the rest.
+
+    Declared at run time with the field numbers of onnx.proto, so the edge
+    reads weights without importing onnx.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    f = descriptor_pb2.FileDescriptorProto(name="splitpoint_onnx_weights.proto", package="splitpoint_onnx", syntax="proto2")
+    tensor = f.message_type.add(name="TensorProto")
+    for name, number, kind, label in [
+        ("dims", 1, field.TYPE_INT64, field.LABEL_REPEATED),
+        ("data_type", 2, field.TYPE_INT32, field.LABEL_OPTIONAL),
+        ("name", 8, field.TYPE_STRING, field.LABEL_OPTIONAL),
+        ("raw_data", 9, field.TYPE_BYTES, field.LABEL_OPTIONAL),
+        ("data_location", 14, field.TYPE_INT32, field.LABEL_OPTIONAL),
+    ]:
+        tensor.field.add(name=name, number=number, type=kind, label=label)
+    f.message_type.add(name="GraphProto").field.add(
+        name="initializer", number=5, type=field.TYPE_MESSAGE, type_name=".splitpoint_onnx.TensorProto",
+        label=field.LABEL_REPEATED)
+    f.message_type.add(name="ModelProto").field.add(
+        name="graph", number=7, type=field.TYPE_MESSAGE, type_name=".splitpoint_onnx.GraphProto",
+        label=field.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("splitpoint_onnx.ModelProto"))
+
+
+class SharedWeights:
+    """Initializers held once for all the onnxruntime sessions of one model.
+
+    Prefix and suffix files repeat the full model's weights; each session
+    would keep its own copy. Here every distinct initializer (same name, same
+    bytes) becomes one OrtValue handed to each session with
+    ``SessionOptions.add_initializer``, and the sessions share one arena for
+    their activations. Only weights stored inline as raw data are shared;
+    others load as usual. Sharing rules out onnxruntime's NCHWc layout pass,
+    which would copy the weights per session (see benchmarks/edge_footprint.md
+    for what that costs in latency).
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[tuple[np.ndarray, Any]]] = {}  # name -> (array, OrtValue) per distinct content
+        self.references = 0  # initializers handed to sessions
+
+    @property
+    def distinct(self) -> int:
+        """Weights held: the sessions refer to these ``references`` times."""
+        return sum(len(v) for v in self._values.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for v in self._values.values() for a, _ in v)
+
+    def configure(self, path: Path, opts: Any) -> dict[str, Any]:
+        """Hand ``path``'s weights to ``opts``; returns the InferenceSession keyword arguments sharing needs."""
+        import onnxruntime as ort
+
+        try:
+            model = _onnx_model_class().FromString(path.read_bytes())
+        except Exception:  # protobuf's DecodeError, or no such file: onnxruntime will name the problem
+            return {}
+        for t in model.graph.initializer:
+            array = _inline_weight(t)
+            if array is not None:
+                opts.add_initializer(t.name, self._value(t.name, array, ort))
+                self.references += 1
+        _register_shared_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+        return {"disabled_optimizers": ["NchwcTransformer"]}
+
+    def _value(self, name: str, array: np.ndarray, ort: Any) -> Any:
+        same = self._values.setdefault(name, [])
+        for held, value in same:
+            if held.shape == array.shape and held.dtype == array.dtype and np.array_equal(held, array):
+                return value
+        held = array.copy()  # owned and aligned; frees the parsed file
+        same.append((held, value := ort.OrtValue.ortvalue_from_numpy(held)))
+        return value
+
+
+
+@functools.cache
+def _register_shared_arena() -> None:
+    """The CPU arena that sessions with ``session.use_env_allocators`` share: one per process."""
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, None)
+
+
+def _inline_weight(t: Any) -> np.ndarray | None:
+    """A parsed initializer's array, read-only over the parsed bytes; None unless it is inline raw data."""
+    if t.data_location or not t.raw_data:
+        return None  # external or typed data: onnxruntime loads it itself
+    try:
+        dtype = dtypes.numpy_dtype(dtypes.from_onnx(t.data_type))
+    except WireError:
+        return None
+    return np.frombuffer(t.raw_data, dtype).reshape(tuple(t.dims))
+
+
+def release_free_memory() -> None:
+    """Return the heap's free pages to the OS (glibc only; elsewhere nothing).
+
+    Loading parses every model file and drops the parsed copies: without this
+    they stay in the process's resident memory until reused.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
 class OrtSession:
     """An onnxruntime.InferenceSession with specs in manifest terms.
 
     ``threads`` sets intra-op threads (None: onnxruntime's default).
+    ``shared`` holds the weights this session has in common with others.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, shared: SharedWeights | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        extra = shared.configure(Path(path), opts) if shared is not None else {}
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"], **extra)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise SplitpointError(f"{path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
         self.path = Path(path)
+        self._shared = shared  # its OrtValues must outlive the session
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
@@ -117,7 +245,7 @@ class LiteRTSession:
 
     backend = "litert"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, shared: SharedWeights | None = None):
         self.path = Path(path)
         interpreter = _litert_interpreter(self.path)
         try:
@@ -172,15 +300,87 @@ def _litert_message(e: BaseException) -> str:
     return (custom or lines or [type(e).__name__])[0]
 
 
-_BACKENDS = {"onnxruntime": OrtSession, "litert": LiteRTSession}
+TORCH_SPECS = "splitpoint.json"  # the extra file of a TorchScript archive that holds its tensor specs
 
 
-def load_session(path: str | Path, backend: str | None = None, threads: int | None = None) -> Session:
-    """Open a segment or full model: with ``backend``, or the one its file type needs (LiteRT for .tflite)."""
-    name = backend or ("litert" if Path(path).suffix == ".tflite" else "onnxruntime")
+def save_torchscript(module: Any, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Path:
+    """Save a scripted or traced module with the specs ``TorchSession`` needs (TorchScript keeps no names or dtypes)."""
+    import torch
+
+    specs = {k: [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in v]
+             for k, v in (("inputs", inputs), ("outputs", outputs))}
+    torch.jit.save(module, str(path), _extra_files={TORCH_SPECS: json.dumps(specs)})
+    return Path(path)
+
+
+class TorchSession:
+    """A TorchScript module run under ``torch.inference_mode``, with specs from the archive.
+
+    Inputs go to ``forward`` in the order of the specs; a tensor, or a tuple or
+    list of tensors, comes back named by the output specs. ``threads`` sets
+    ``torch.set_num_threads``, which is per process: the last session opened wins.
+    """
+
+    backend = "torch"
+
+    def __init__(self, path: str | Path, threads: int | None = None, shared: SharedWeights | None = None):
+        self.path = Path(path)
+        try:
+            import torch
+        except ImportError:
+            raise SplitpointError(f"{self.path}: running TorchScript needs PyTorch: pip install torch") from None
+        self._torch = torch
+        extra = {TORCH_SPECS: ""}
+        try:
+            self._module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
+        except (RuntimeError, ValueError) as e:  # torch reports bad archives this way
+            raise SplitpointError(f"{self.path}: torch cannot load it as TorchScript: {_first_line(e)}") from None
+        if not extra[TORCH_SPECS]:
+            raise SplitpointError(f"{self.path}: no tensor specs in the archive; save it with "
+                                  "splitpoint.backends.save_torchscript(module, path, inputs, outputs)")
+        specs = json.loads(extra[TORCH_SPECS])
+        self.inputs = [TensorSpec.from_json(t) for t in specs["inputs"]]
+        self.outputs = [TensorSpec.from_json(t) for t in specs["outputs"]]
+        if threads:
+            torch.set_num_threads(threads)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        if missing:
+            raise SplitpointError(f"{self.path}: missing input tensor(s) {missing}")
+        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in self.inputs]
+        try:
+            with self._torch.inference_mode():
+                result = self._module(*args)
+        except RuntimeError as e:
+            raise SplitpointError(f"{self.path}: torch failed: {_first_line(e)}") from None
+        values = list(result) if isinstance(result, tuple | list) else [result]
+        if len(values) != len(self.outputs):
+            raise SplitpointError(f"{self.path}: forward returned {len(values)} tensor(s), its specs name {len(self.outputs)}")
+        return {s.name: v.numpy() for s, v in zip(self.outputs, values)}
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+_BACKENDS = {"onnxruntime": OrtSession, "litert": LiteRTSession, "torch": TorchSession}
+_BY_SUFFIX = {".tflite": "litert", ".pt": "torch"}
+
+
+def load_session(
+    path: str | Path, backend: str | None = None, threads: int | None = None, shared: SharedWeights | None = None
+) -> Session:
+    """Open a segment or full model: with ``backend``, or the one its file type needs
+    (LiteRT for .tflite, PyTorch for .pt, onnxruntime otherwise).
+
+    ``shared`` pools weights across the onnxruntime sessions of one model; other backends ignore it.
+    """
+    name = backend or _BY_SUFFIX.get(Path(path).suffix, "onnxruntime")
     if name not in _BACKENDS:
         raise SplitpointError(f"backend {name!r} is not available; use one of: {', '.join(_BACKENDS)}")
-    return _BACKENDS[name](path, threads=threads)
+    return _BACKENDS[name](path, threads=threads, shared=shared)
 
 
 def dtype_of(spec: TensorSpec) -> np.dtype:
