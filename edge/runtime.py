@@ -366,7 +366,12 @@ AUTO = "auto"
 
 def _auto_policy(m: Manifest) -> SplitPolicy:
     """split="auto": the lowest predicted latency for the measured link, exploring while local."""
-    costs = {s.id: SplitCost.from_json(s.predicted) for s in m.splits if s.predicted}
+    # A split the calibration check refused (lossy codec too lossy there) is never chosen.
+    costs = {
+        s.id: SplitCost.from_json(s.predicted)
+        for s in m.splits
+        if s.predicted and s.verification.get("calibration", {}).get("offered", True)
+    }
     if not costs:
         raise SplitpointError(
             f"split='auto' needs predicted costs in bundle {m.name!r}: "

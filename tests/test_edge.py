@@ -221,3 +221,16 @@ def test_auto_split_follows_a_link_that_changes(priced_bundle, worker_factory, l
         assert run_until("local", 4) <= 4
         link.set(bandwidth_bps=100e6)
         run_until("pool.out", 45)  # exploration sends one request in 20 through the worker
+
+
+def test_auto_split_skips_splits_refused_by_calibration(priced_bundle, worker_factory):
+    import json
+
+    m = json.loads((priced_bundle / "manifest.json").read_text())
+    for s in m["splits"]:
+        if s["id"] == "pool.out":
+            s["verification"]["calibration"] = {"offered": False, "top1": 0.5}
+    (priced_bundle / "manifest.json").write_text(json.dumps(m))
+    w = worker_factory(priced_bundle)
+    with EdgeRuntime(priced_bundle, cloud=w.address, split="auto") as rt:
+        assert "pool.out" not in rt.policy.candidates and "local" in rt.policy.candidates
