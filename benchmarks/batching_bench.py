@@ -33,14 +33,13 @@ import grpc
 import numpy as np
 import onnx
 import onnxruntime
-from onnx import TensorProto, helper, numpy_helper
 from worker_load import bundle_split
 
 from partitioner import split
 from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from testbed.demo import CUT, free_port, start_worker
-from testbed.models import save_demo_cnn
+from testbed.models import mlp, save_demo_cnn
 
 WARMUP_S = 1.0
 DEADLINE_S = 30.0
@@ -64,18 +63,7 @@ def cnn_workload(workdir: Path) -> tuple[str, Path, Callable[[int], dict[str, np
 
 def mlp_workload(workdir: Path) -> tuple[str, Path, Callable[[int], dict[str, np.ndarray]], str]:
     """An MLP whose weights (32 MiB) outweigh a row's compute: the case dynamic batching is for."""
-    rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "x"
-    for i in range(MLP_LAYERS):
-        w = (rng.standard_normal((MLP_WIDTH, MLP_WIDTH)) / np.sqrt(MLP_WIDTH)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
-        x = f"r{i}"
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", MLP_WIDTH])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", MLP_WIDTH])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, workdir / "mlp.onnx")
+    onnx.save(mlp(MLP_WIDTH, MLP_LAYERS), workdir / "mlp.onnx")
     bundle = split(workdir / "mlp.onnx", workdir / "mlp", at=[["r3"]], shapes={"x": [1, MLP_WIDTH]}).root
     sent = lambda seed: {"x": np.random.default_rng(seed).standard_normal((1, MLP_WIDTH)).astype(np.float32)}
     return "mlp.cloud", bundle, sent, "raw"

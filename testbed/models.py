@@ -65,3 +65,29 @@ def save_demo_cnn(path: str | Path, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(demo_cnn(**kwargs), path)
     return path
+
+
+def mlp(width: int, layers: int, seed: int = 0, reduce_output: bool = False) -> onnx.ModelProto:
+    """MatMul+Relu layers ``x[N,width] -> r0 ... r{layers-1}`` whose weights outweigh a row's compute.
+
+    The worker's heavy case (batching, queues). With ``reduce_output`` the
+    answer is one number per row (``score[N]``), so responses stay small.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    output = helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])
+    if reduce_output:
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+        nodes.append(helper.make_node("ReduceSum", [x, "axes"], ["score"], keepdims=0))
+        output = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])], [output], initializer=inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model

@@ -24,13 +24,13 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.backends import load_session
 from testbed.demo import free_port
+from testbed.models import mlp
 
 MODEL = "slow.cloud"
 WIDTH, LAYERS = 512, 16
@@ -42,20 +42,7 @@ def slow_bundle(tmp_path_factory) -> Path:
     from partitioner import split
 
     d = tmp_path_factory.mktemp("slow")
-    rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "x"
-    for i in range(LAYERS):
-        w = (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
-        x = f"r{i}"
-    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
-    nodes.append(helper.make_node("ReduceSum", [x, "axes"], ["score"], keepdims=0))  # a small answer
-    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
-                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, d / "slow.onnx")
+    onnx.save(mlp(WIDTH, LAYERS, reduce_output=True), d / "slow.onnx")  # a small answer
     return split(d / "slow.onnx", d / "bundle", at=[["r7"]], shapes={"x": [2, WIDTH]}).root
 
 
