@@ -381,7 +381,3 @@ def load_session(
     if name not in _BACKENDS:
         raise SplitpointError(f"backend {name!r} is not available; use one of: {', '.join(_BACKENDS)}")
     return _BACKENDS[name](path, threads=threads, shared=shared)
-
-
-def dtype_of(spec: TensorSpec) -> np.dtype:
-    return dtypes.numpy_dtype(spec.dtype)
