@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("infer", help="run a bundle once on the edge, splitting with a worker if given")
     s.add_argument("bundle", help="bundle directory")
-    s.add_argument("--cloud", help="worker address HOST:PORT (omit to run locally)")
+    s.add_argument("--cloud", help="worker address HOST:PORT, or several IP:PORT,IP:PORT balanced round-robin "
+                   "(omit to run locally)")
     s.add_argument("--input", required=True, help=".npy (single-input model) or .npz keyed by input name")
     s.add_argument("--output", help="write outputs to this .npz")
     s.add_argument("--split", help="split id, 'local' or 'cloud' (default: the bundle's default)")
