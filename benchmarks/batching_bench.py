@@ -20,8 +20,6 @@ It prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import tempfile
 import threading
@@ -33,6 +31,7 @@ import grpc
 import numpy as np
 import onnx
 import onnxruntime
+from report import machine, print_table
 from worker_load import bundle_split
 
 from partitioner import split
@@ -149,14 +148,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="splitpoint-batching-") as tmp:
         rows = [row for segment in args.segments.split(",")
                 for row in measure(Path(tmp), segment, client_counts, args.windows, args.seconds)]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, grpcio {grpc.__version__}; "
+    print(f"machine: {machine()}, onnxruntime {onnxruntime.__version__}, grpcio {grpc.__version__}; "
           f"worker flags {' '.join(COMMON)}; {args.windows} windows of {args.seconds:g} s per row, interleaved\n")
     header = ["segment", "clients", "worker", "ok/s (median)", "ok/s (min–max)", "vs unbatched", "p50 ms", "p99 ms"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ A configuration is MAX_INFLIGHT:MAX_QUEUE. It prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import threading
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from report import machine, print_table
 
 from partitioner import split
 from splitpoint import wire
@@ -171,13 +170,9 @@ def main() -> None:
         for config in args.configs.split(","):
             inflight, queue = (int(v) for v in config.split(":"))
             rows.append(run(bundle, workdir, inflight, queue, args.clients, args.seconds).row(args.clients))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; {args.clients} client threads for {args.seconds:.0f} s per row "
+    print(f"machine: {machine()}; {args.clients} client threads for {args.seconds:.0f} s per row "
           f"({WARMUP_S:.0f} s warm-up not counted), deadline {DEADLINE_S:.0f} s\n")
-    print("| " + " | ".join(HEADER) + " |")
-    print("|" + "---|" * len(HEADER))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print_table(HEADER, rows)
 
 
 if __name__ == "__main__":
