@@ -12,7 +12,10 @@ profiles this machine as the edge (1 thread) and the cloud (2 threads) with
 measurements see the same spells of load on this shared machine; the
 prediction of a split's edge segment (prefix, edge profile) and cloud segment
 (suffix, cloud profile) uses the per-node medians of the rounds' profiles, and
-each measured figure is the median of the rounds.
+each measured figure is the median of the rounds. Predictions are made twice:
+from the node times alone, and with the profiles' boundary term (ms per MB
+crossing the cut, fitted by each profile on a few segments of its own:
+``partitioner.profile_boundary``), which is what the cost model uses.
 
 The error reported is the median over splits of |predicted - measured| / measured,
 for the edge segment, the cloud segment and their sum (the compute part of the
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
 import statistics
 import sys
@@ -45,8 +49,11 @@ from partitioner.graph import GraphView
 from partitioner.onnxio import load_model
 from partitioner.ort_trace import session_options
 from partitioner.profile import Profile, machine
+from partitioner.profile_boundary import Boundary
+from partitioner.profile_timing import gc_paused
 
 EDGE_THREADS, CLOUD_THREADS = 1, 2
+LOAD: list[float] = []  # the 1-minute load average at the start of each round: how shared the machine was
 
 
 def _export(name: str, path: Path) -> None:
@@ -96,9 +103,11 @@ class Segment:
 def median_profile(profiles: list[Profile]) -> Profile:
     """One profile from several taken over the run: per-node, end-to-end and overhead medians."""
     nodes = {i: replace(n, ms=statistics.median(p.nodes[i].ms for p in profiles)) for i, n in profiles[0].nodes.items()}
+    boundary = Boundary(statistics.median(p.boundary.out_ms_per_mb for p in profiles),
+                        statistics.median(p.boundary.in_ms_per_mb for p in profiles))
     return replace(profiles[0], nodes=nodes, runs=sum(p.runs for p in profiles),
                    end_to_end_ms=statistics.median(p.end_to_end_ms for p in profiles),
-                   call_overhead_ms=statistics.median(p.call_overhead_ms for p in profiles))
+                   call_overhead_ms=statistics.median(p.call_overhead_ms for p in profiles), boundary=boundary)
 
 
 def evaluate(name: str, workdir: Path, rounds: int, runs: int, max_splits: int) -> dict:
@@ -111,7 +120,9 @@ def evaluate(name: str, workdir: Path, rounds: int, runs: int, max_splits: int) 
     rows = []
     for s in [s for s in bundle.manifest.splits if s.edge_file]:
         prefix = view.ancestors(s.sent_names + list(s.edge_outputs))
+        crossing = sum(t.bytes or 0 for t in s.cut if t.name in view.producer)
         rows.append({"id": s.id, "edge_nodes": len(prefix), "prefix": prefix, "suffix": set(view.order) - prefix,
+                     "mb": crossing / 1e6,
                      "edge_ms": [], "cloud_ms": [],
                      "edge": Segment(bundle.path(s.edge_file), EDGE_THREADS),
                      "cloud": Segment(bundle.path(s.cloud_file), CLOUD_THREADS)})
@@ -119,21 +130,25 @@ def evaluate(name: str, workdir: Path, rounds: int, runs: int, max_splits: int) 
     cloud_profiles: list[Profile] = []
     for r in range(rounds + 2):  # two warm-up rounds; each round profiles both sides, then runs every split once
         print(f"{name}: round {r + 1}/{rounds + 2}", file=sys.stderr)
+        LOAD.append(os.getloadavg()[0])
         edge_p = profile(path, threads=EDGE_THREADS, runs=runs, warmup=1)
         cloud_p = profile(path, threads=CLOUD_THREADS, runs=runs, warmup=1)
-        for row in rows:
-            e_ms, sent = row["edge"].timed(inputs)
-            c_ms, _ = row["cloud"].timed({**inputs, **sent})
-            if r >= 2:
-                row["edge_ms"].append(e_ms)
-                row["cloud_ms"].append(c_ms)
+        with gc_paused():  # as the profiles time their runs
+            for row in rows:
+                e_ms, sent = row["edge"].timed(inputs)
+                c_ms, _ = row["cloud"].timed({**inputs, **sent})
+                if r >= 2:
+                    row["edge_ms"].append(e_ms)
+                    row["cloud_ms"].append(c_ms)
         if r >= 2:
             edge_profiles.append(edge_p)
             cloud_profiles.append(cloud_p)
     edge_p, cloud_p = median_profile(edge_profiles), median_profile(cloud_profiles)
     for row in rows:
-        row["pred_edge"] = edge_p.segment_ms(row.pop("prefix"))
-        row["pred_cloud"] = cloud_p.segment_ms(row.pop("suffix"))
+        prefix, suffix, crossing = row.pop("prefix"), row.pop("suffix"), round(row["mb"] * 1e6)
+        row["nodes_edge"], row["nodes_cloud"] = edge_p.segment_ms(prefix), cloud_p.segment_ms(suffix)
+        row["pred_edge"] = edge_p.prefix_ms(prefix, crossing)
+        row["pred_cloud"] = cloud_p.suffix_ms(suffix, crossing)
         row["meas_edge"] = statistics.median(row.pop("edge_ms"))
         row["meas_cloud"] = statistics.median(row.pop("cloud_ms"))
         del row["edge"], row["cloud"]
@@ -153,32 +168,45 @@ def report(results: list[dict], command: str) -> str:
         "",
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['platform']}, Python {m['python']}, "
         f"onnxruntime {ort.__version__}, numpy {np.__version__}. Edge: {EDGE_THREADS} thread; cloud: "
-        f"{CLOUD_THREADS} threads (same machine, shared with other work).",
+        f"{CLOUD_THREADS} threads (same machine, shared with other work: 1-minute load average {min(LOAD):.1f} to "
+        f"{max(LOAD):.1f} over the rounds, median {statistics.median(LOAD):.1f}).",
         "",
         "MdAPE = median over the candidate splits of |predicted - measured| / measured (segments: medians of the "
-        "interleaved rounds). *sum* is edge + cloud compute, the part of the end-to-end latency the profiles predict.",
+        "interleaved rounds). *sum* is edge + cloud compute, the part of the end-to-end latency the profiles predict. "
+        "Predictions with the boundary term (what the cost model uses); *nodes only* without it.",
         "",
-        "| model | nodes | splits | full model edge ms (profile) | MdAPE edge | MdAPE cloud | MdAPE sum | worst sum |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | nodes | splits | full model edge ms (profile) | boundary out / in ms per MB (edge; cloud) "
+        "| MdAPE edge | MdAPE cloud | MdAPE sum | worst sum | nodes only: MdAPE edge / cloud / sum |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for res in results:
         rows = res["rows"]
         e = [ape(r["pred_edge"], r["meas_edge"]) for r in rows]
         c = [ape(r["pred_cloud"], r["meas_cloud"]) for r in rows]
         s = [ape(r["pred_edge"] + r["pred_cloud"], r["meas_edge"] + r["meas_cloud"]) for r in rows]
+        ne = [ape(r["nodes_edge"], r["meas_edge"]) for r in rows]
+        nc = [ape(r["nodes_cloud"], r["meas_cloud"]) for r in rows]
+        ns = [ape(r["nodes_edge"] + r["nodes_cloud"], r["meas_edge"] + r["meas_cloud"]) for r in rows]
+        eb, cb = res["edge"].boundary, res["cloud"].boundary
         lines.append(f"| {res['name']} | {res['nodes']} | {len(rows)} | {res['edge'].end_to_end_ms:.2f} | "
+                     f"{eb.out_ms_per_mb:.3f} / {eb.in_ms_per_mb:.3f}; {cb.out_ms_per_mb:.3f} / {cb.in_ms_per_mb:.3f} | "
                      f"{statistics.median(e):.1%} | {statistics.median(c):.1%} | {statistics.median(s):.1%} | "
-                     f"{max(s):.1%} |")
+                     f"{max(s):.1%} | {statistics.median(ne):.1%} / {statistics.median(nc):.1%} / "
+                     f"{statistics.median(ns):.1%} |")
     for res in results:
         lines += ["", f"## {res['name']}", "",
                   f"edge profile: {res['edge'].summary()}", "",
                   f"cloud profile: {res['cloud'].summary()}", "",
-                  "| split | edge nodes | edge pred | edge meas | cloud pred | cloud meas | sum error |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| split | edge nodes | MB crossing | edge pred | edge meas | cloud pred | cloud meas | sum error "
+                  "| sum error, nodes only |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in res["rows"]:
-            err = (r["pred_edge"] + r["pred_cloud"]) / (r["meas_edge"] + r["meas_cloud"]) - 1
-            lines.append(f"| {r['id'][:40]} | {r['edge_nodes']} | {r['pred_edge']:.3f} | {r['meas_edge']:.3f} | "
-                         f"{r['pred_cloud']:.3f} | {r['meas_cloud']:.3f} | {err:+.1%} |")
+            measured = r["meas_edge"] + r["meas_cloud"]
+            err = (r["pred_edge"] + r["pred_cloud"]) / measured - 1
+            nodes_err = (r["nodes_edge"] + r["nodes_cloud"]) / measured - 1
+            lines.append(f"| {r['id'][:40]} | {r['edge_nodes']} | {r['mb']:.2f} | {r['pred_edge']:.3f} | "
+                         f"{r['meas_edge']:.3f} | {r['pred_cloud']:.3f} | {r['meas_cloud']:.3f} | {err:+.1%} | "
+                         f"{nodes_err:+.1%} |")
     return "\n".join(lines) + "\n"
 
 

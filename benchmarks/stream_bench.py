@@ -1,34 +1,50 @@
 """Stream throughput against the bottleneck-stage bound, and against sequential calls.
 
-Splits a CNN where edge and cloud stages take about the same time, serves the
-suffix from a worker process on loopback (one onnxruntime thread each side),
-and measures in the same run, interleaved: sequential ``infer`` calls and
-``stream`` with a few frames in flight. The bound is 1 / (slowest stage),
-the stages being the edge prefix and the worker's round trip (encode,
-network, cloud compute, decode).
+Splits a CNN where the edge and cloud segments take about the same time and
+serves the suffix from a worker process behind a link proxy on loopback (one
+onnxruntime thread each side). A frame passes through these stages, each
+timed on its own before the run:
 
-    .venv/bin/python benchmarks/stream_bench.py [--frames 200] [--rounds 5]
+- edge: the prefix and the encoding of the cut tensors (one thread, in turn);
+- uplink: the encoded request's bytes at the link's bandwidth;
+- worker: decoding the request (timed here) and the suffix's compute time
+  the worker reports;
+- downlink: the answer's bytes at the link's bandwidth.
+
+The link proxy runs as a process of its own, as a real link would not share
+the edge's interpreter.
+
+The link's bandwidth is set so that the uplink takes as long as the edge
+stage: the stages are balanced, and the bound is 1 / (slowest stage).
+Sequential ``infer`` calls and ``stream`` run interleaved in the same run.
+
+    .venv/bin/python benchmarks/stream_bench.py [--frames 150] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from report import machine
 
 from edge import EdgeRuntime
 from partitioner import inspect, split
+from splitpoint import codec as codec_mod
+from splitpoint import wire
+from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.backends import load_session
 from testbed.demo import free_port, start_worker
+from testbed.linkproxy import LinkProcess
 from testbed.models import save_demo_cnn
 
 
-def _median_ms(fn, n: int = 20) -> float:
+def _median_ms(fn: Callable[[], object], n: int = 20) -> float:
     fn()
     times = []
     for _ in range(n):
@@ -38,12 +54,17 @@ def _median_ms(fn, n: int = 20) -> float:
     return statistics.median(times)
 
 
-def balanced_bundle(root: Path, size: int) -> tuple[Path, str, float, float]:
-    """Split at the candidate whose prefix and suffix times are closest; return both times."""
+def balanced_bundle(root: Path, size: int, codec: str) -> tuple[Path, str, float, float, int]:
+    """The split whose prefix and suffix times are closest.
+
+    Returns the bundle, the split id, the edge stage (prefix + encode), the
+    worker's decoding time and the request's size in bytes.
+    """
     model = save_demo_cnn(root / "cnn.onnx", size=size)
     candidates = [c for c in inspect(model).candidates if c.balanced]
     bundle = split(model, root / "bundle", at=[c.names for c in candidates], overwrite=True)
     x = {"image": np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)}
+    spec = codec_mod.parse(codec)
     best = None
     for s in bundle.manifest.splits:
         if not s.edge_file:
@@ -53,33 +74,49 @@ def balanced_bundle(root: Path, size: int) -> tuple[Path, str, float, float]:
         out = {**x, **prefix.run(x)}
         sent = {n: out[n] for n in s.sent_names}
         tp, ts = _median_ms(lambda: prefix.run(x)), _median_ms(lambda: suffix.run(sent))
-        if best is None or abs(tp - ts) < abs(best[2] - best[3]):
-            best = (bundle.root, s.id, tp, ts)
-    return best  # type: ignore[return-value]
+        if best is None or abs(tp - ts) < best[0]:
+            request, _ = wire.build_request("m", sent, spec, {})
+            encode = _median_ms(lambda: wire.build_request("m", sent, spec, {})[0].SerializeToString())  # noqa: B023
+            data = request.SerializeToString()
+            decode = _median_ms(lambda: wire.read_request(type(request).FromString(data), s.cut))  # noqa: B023
+            best = (abs(tp - ts), s.id, tp + encode, decode, len(data))
+    return bundle.root, *best[1:]  # type: ignore[return-value,index]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=128, help="image size of the CNN")
-    ap.add_argument("--in-flight", type=int, default=3)
+    ap.add_argument("--in-flight", type=int, default=4)
+    ap.add_argument("--codec", default="shuffle-zstd:1")
+    ap.add_argument("--delay-ms", type=float, default=5.0, help="one-way delay of the link")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        bundle, split_id, prefix_ms, suffix_ms = balanced_bundle(root, args.size)
+        bundle, split_id, edge_ms, decode_ms, request_bytes = balanced_bundle(root, args.size, args.codec)
+        bandwidth = request_bytes * 8 / (edge_ms / 1e3)  # uplink stage == edge stage
         port = free_port()
         worker = start_worker(bundle, port, root / "worker.log", args=["--threads", "1"])
+        link = None
         try:
+            link = LinkProcess(f"127.0.0.1:{port}", bandwidth, args.delay_ms)
             rng = np.random.default_rng(1)
             frames = [{"image": rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32)} for _ in range(args.frames)]
-            with EdgeRuntime(bundle, cloud=f"127.0.0.1:{port}", split=split_id, threads=1, deadline_ms=10_000) as rt:
-                for x in frames[:10]:
+            with EdgeRuntime(bundle, cloud=link.address, split=split_id, threads=1, deadline_ms=10_000,
+                             codec=args.codec) as rt:
+                worker_ms = []
+                for x in frames[:30]:
                     rt.infer(x)
-                round_trip = statistics.median(
-                    (rt.infer(x), rt.last_trace.total_ms - rt.last_trace.edge_ms)[1] for x in frames[:30]
-                )
+                    worker_ms.append(rt.last_trace.cloud_ms)
+                answer_bytes = len(wire.build_response(pb.ModelInferRequest(), rt.infer(frames[0])).SerializeToString())
+                stages = {
+                    "edge (prefix + encode)": edge_ms,
+                    "uplink": request_bytes * 8 / bandwidth * 1e3,
+                    "worker (decode + suffix)": decode_ms + statistics.median(worker_ms),
+                    "downlink": answer_bytes * 8 / bandwidth * 1e3,
+                }
                 seq, pipe = [], []
                 for _ in range(args.rounds):  # interleaved: the machine is shared and noisy
                     t = time.perf_counter()
@@ -91,18 +128,23 @@ def main() -> None:
                     pipe.append(n / (time.perf_counter() - t))
                 fallbacks = rt.counters.fallbacks
         finally:
+            if link is not None:
+                link.close()
             worker.terminate()
             worker.wait()
 
-    bound = 1e3 / max(prefix_ms, round_trip)
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, 2 cores shared by edge and worker")
-    print(f"split {split_id}: edge prefix {prefix_ms:.2f} ms, cloud suffix compute {suffix_ms:.2f} ms, "
-          f"worker round trip {round_trip:.2f} ms (encode + network + compute + decode)")
+    bound = 1e3 / max(stages.values())
+    print(machine())
+    print(f"split {split_id}, codec {args.codec}, request {request_bytes / 2**20:.2f} MiB, "
+          f"link {bandwidth / 1e6:.0f} Mbit/s + {args.delay_ms:g} ms one way")
+    for name, ms in stages.items():
+        print(f"  stage {name}: {ms:.2f} ms")
     print(f"bound 1/slowest stage: {bound:.1f} frames/s")
     seq_fps, pipe_fps = statistics.median(seq), statistics.median(pipe)
     print(f"sequential infer: {seq_fps:.1f} frames/s (median of {args.rounds})")
     print(f"stream, {args.in_flight} in flight: {pipe_fps:.1f} frames/s "
           f"= {pipe_fps / bound:.0%} of the bound, {pipe_fps / seq_fps:.2f}x sequential")
+    print(f"rounds: sequential {[round(v, 1) for v in seq]}, stream {[round(v, 1) for v in pipe]}")
     print(f"fallbacks during the run: {fallbacks}")
 
 

@@ -9,89 +9,43 @@ a directory of bundles (each subdirectory holding one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from splitpoint.backends import Session, _spec, load_session
+from splitpoint.backends import OrtSession, Session, check_graph_opt, load_session, ort_providers
 from splitpoint.bundle import MANIFEST, Bundle, segment_model_name
 from splitpoint.errors import SplitpointError
 
 log = logging.getLogger("splitpoint.cloud")
 
-GRAPH_OPT_LEVELS = ("basic", "extended", "all")
-AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """ONNX Runtime options for every served model's session.
+    """ONNX Runtime options for every served model's session (``--threads``, ``--graph-opt``, ``--providers``).
 
     ``providers`` None picks CUDA when this onnxruntime has it, and the CPU
-    otherwise (or after it, for the nodes CUDA cannot run).
+    otherwise (or after it, for the nodes CUDA cannot run). Checked when made,
+    so a wrong flag is reported before any model loads.
     """
 
     threads: int | None = None
     graph_opt: str = "all"
     providers: tuple[str, ...] | None = None
 
-    def resolved_providers(self) -> list[str]:
-        """The provider list, checked against what this onnxruntime build offers."""
-        import onnxruntime as ort
+    def __post_init__(self) -> None:
+        for flag, check in (("--graph-opt", lambda: check_graph_opt(self.graph_opt)),
+                            ("--providers", lambda: ort_providers(self.providers))):
+            try:
+                check()
+            except SplitpointError as e:
+                raise SplitpointError(f"{flag}: {e}") from None
 
-        available = ort.get_available_providers()
-        if self.providers is None:
-            return [p for p in AUTO_PROVIDERS if p in available]
-        resolved = []
-        for name in self.providers:
-            match = [p for p in available if p.lower() in (name.lower(), name.lower() + "executionprovider")]
-            if not match:
-                raise SplitpointError(f"--providers: {name!r} is not available in this onnxruntime; "
-                                      f"it has: {', '.join(available)}")
-            resolved.append(match[0])
-        return resolved
-
-    def session_options(self):
-        """SessionOptions without thread spinning: spinning sessions of one process slow each other down."""
-        import onnxruntime as ort
-
-        if self.graph_opt not in GRAPH_OPT_LEVELS:
-            raise SplitpointError(f"--graph-opt must be one of {', '.join(GRAPH_OPT_LEVELS)}, not {self.graph_opt!r}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{self.graph_opt.upper()}")
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return opts
-
-
-class WorkerOrtSession:
-    """An onnxruntime session opened with the worker's SessionSettings (backends.OrtSession takes only threads)."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, path: Path, settings: SessionSettings):
-        import onnxruntime as ort
-
-        options, providers = settings.session_options(), settings.resolved_providers()
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise SplitpointError(f"{path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
-        self.path = path
-        self.providers = self._session.get_providers()
-        threads = f"{settings.threads} intra-op threads" if settings.threads else "default threads"
-        self.description = f"onnxruntime on {', '.join(self.providers)}, graph optimisation {settings.graph_opt}, {threads}"
-        self.inputs = [_spec(a) for a in self._session.get_inputs()]
-        self.outputs = [_spec(a) for a in self._session.get_outputs()]
-        self._output_names = [o.name for o in self.outputs]
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self._session.run(self._output_names, dict(feeds))))
+    def open(self, path: Path) -> Session:
+        """The session for one segment: LiteRT for .tflite files (threads only), onnxruntime with every option otherwise."""
+        if path.suffix == ".tflite":
+            return load_session(path, threads=self.threads)
+        return OrtSession(path, self.threads, graph_opt=self.graph_opt, providers=self.providers)
 
 
 @dataclass
@@ -136,7 +90,7 @@ def load_segments(paths: Iterable[str | Path], settings: SessionSettings | None 
                     "give the bundles different names"
                 )
             path = bundle.path(split.cloud_file)
-            session = (load_session(path, threads=settings.threads) if path.suffix == ".tflite"
-                       else WorkerOrtSession(path, settings))
-            segments[name] = Segment(name, bundle.name, split.id, bundle.manifest.model_sha256, path, session)
+            if path == bundle.model_path():  # the "cloud" split serves the full model: it must be the manifest's version
+                bundle.check_model()
+            segments[name] = Segment(name, bundle.name, split.id, bundle.manifest.model_sha256, path, settings.open(path))
     return segments

@@ -19,7 +19,7 @@ from cloud.core import Batching, InferenceCore
 from cloud.metrics import WorkerMetrics
 from cloud.repository import SessionSettings, load_segments
 from cloud.security import TokenInterceptor, check_token, server_credentials
-from cloud.servicer import InferenceServicer
+from cloud.servicer import InferenceServicer, MalformedRequests
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.bundle import health_service
 from splitpoint.errors import SplitpointError
@@ -110,7 +110,8 @@ def serve(
     rpc_threads = max_inflight + max_queue + SPARE_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=rpc_threads, thread_name_prefix="rpc"),
-        interceptors=[TokenInterceptor(token, metrics.unauthenticated.inc)] if token is not None else [],
+        interceptors=[*([TokenInterceptor(token, metrics.unauthenticated.inc)] if token is not None else []),
+                      MalformedRequests()],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -13,10 +13,19 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 import splitpoint
 from cloud.admission import DeadlineExpired, Overloaded
-from cloud.core import InferenceCore, ModelNotFound, VersionMismatch
+from cloud.core import (
+    VERSION,
+    InferenceCore,
+    InvalidParameter,
+    ModelNotFound,
+    TimeoutExpired,
+    VersionMismatch,
+    queue_timeout,
+)
 from cloud.metrics import UNKNOWN_MODEL, WorkerMetrics
 from splitpoint import dtypes, wire
 from splitpoint._proto import grpc_service_pb2 as pb
@@ -26,7 +35,6 @@ from splitpoint.errors import CodecError, WireError
 log = logging.getLogger("splitpoint.cloud")
 
 PLATFORM = "onnxruntime_onnx"
-VERSION = "1"
 INTERNAL_MESSAGE = "internal error (logged on the worker)"
 # grpc reports a call without a deadline as one this far away (or more), or as None.
 _NO_DEADLINE_S = 1e8
@@ -36,15 +44,27 @@ _STATUS = [
     (VersionMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (WireError, grpc.StatusCode.INVALID_ARGUMENT),
     (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidParameter, grpc.StatusCode.INVALID_ARGUMENT),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TimeoutExpired, grpc.StatusCode.UNAVAILABLE),  # Triton's answer to a request whose timeout passed in its queue
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
+
+
+# Status details travel in HTTP/2 trailers, which clients cap (8 KiB soft, 16 KiB hard by default): a
+# message echoing a huge name from the request would reach the client as RESOURCE_EXHAUSTED instead.
+MAX_DETAILS = 1024
+
+
+def details(message: str) -> str:
+    """``message`` cut to MAX_DETAILS characters, so the status reaches the client intact."""
+    return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 20] + f"... ({len(message)} chars)"
 
 
 def _status_of(e: Exception, model: str) -> tuple[grpc.StatusCode, str]:
     for kind, code in _STATUS:
         if isinstance(e, kind):
-            return code, str(e)
+            return code, details(str(e))
     log.exception("internal error serving model %s", model, extra={"event": "internal_error", "model": model})
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
@@ -74,16 +94,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=True)
 
     def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=request.name in self.core.segments)
+        try:
+            self.core.segment(request.name, request.version)
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
 
     def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name="splitpoint", version=splitpoint.__version__)
 
     def ModelMetadata(self, request, context):
         try:
-            seg = self.core.segment(request.name)
+            seg = self.core.segment(request.name, request.version)
         except ModelNotFound as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            context.abort(grpc.StatusCode.NOT_FOUND, details(str(e)))
         meta = pb.ModelMetadataResponse(name=seg.name, versions=[VERSION], platform=PLATFORM)
         for specs, target in ((seg.session.inputs, meta.inputs), (seg.session.outputs, meta.outputs)):
             for s in specs:
@@ -97,13 +121,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
-        seg = self.core.segment(request.model_name)
-        if request.model_version not in ("", VERSION):
-            raise ModelNotFound(f"model {seg.name!r} has no version {request.model_version!r} (it has {VERSION!r})")
-        sha = wire.get_params(request.parameters).get(wire.MODEL_SHA256)
+        seg = self.core.segment(request.model_name, request.model_version)
+        params = wire.get_params(request.parameters)
+        sha = params.get(wire.MODEL_SHA256)
         if sha is not None and not isinstance(sha, str):
             raise WireError(f"parameter {wire.MODEL_SHA256!r} must be a string")
         self.core.check_version(seg, sha)
+        timeout_s = queue_timeout(params)
         unknown = [o.name for o in request.outputs if o.name not in {s.name for s in seg.session.outputs}]
         if unknown:
             raise WireError(f"requested output(s) {unknown} do not exist in model {seg.name!r}")
@@ -115,7 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             received.labels(model=seg.name, form="raw").inc(sum(a.nbytes for a in inputs.values()))
             return inputs
 
-        result = self.core.infer(seg, decode, deadline)
+        result = self.core.infer(seg, decode, deadline, timeout_s)
         return wire.build_response(request, result.outputs, {wire.COMPUTE_US: int(result.compute_s * 1e6)})
 
     def _answer(
@@ -145,3 +169,49 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if response is None:
                 response = pb.ModelInferResponse(id=request.id)
             yield pb.ModelStreamInferResponse(error_message=message, infer_response=response)
+
+
+class _Malformed:
+    """What a request that is not valid protobuf deserializes to."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class MalformedRequests(grpc.ServerInterceptor):
+    """Answers INVALID_ARGUMENT to messages that do not parse, naming the message type.
+
+    gRPC's own handling answers them INTERNAL and logs a traceback per message,
+    which lets any client fill the worker's log.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def tolerant(data: bytes) -> object:
+            try:
+                return parse(data)
+            except DecodeError:
+                return _Malformed(f"{handler_call_details.method}: the request is not a valid protobuf message "
+                                  f"({len(data)} bytes)")
+
+        def checked(request, context):
+            if isinstance(request, _Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return request
+
+        def stream(requests, context):
+            for request in requests:
+                yield checked(request, context)
+
+        if handler.request_streaming:
+            behaviour = handler.stream_stream or handler.stream_unary
+            wrapped = lambda requests, context: behaviour(stream(requests, context), context)
+        else:
+            behaviour = handler.unary_unary or handler.unary_stream
+            wrapped = lambda request, context: behaviour(checked(request, context), context)
+        kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+        return handler._replace(request_deserializer=tolerant, **{kind: wrapped})

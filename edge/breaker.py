@@ -19,6 +19,13 @@ from tenacity import Retrying, retry_if_result, wait_exponential
 
 log = logging.getLogger("splitpoint.edge")
 
+# After a failure a retry cannot heal (wrong credentials, another model version, a bad request) the
+# circuit stays open this long before the health probe may half-open it, doubling with each such
+# opening in a row: the health service is open to all and answers SERVING whatever the credentials,
+# so without the hold every other request would try a worker that refuses it.
+FATAL_HOLD_S = 0.5
+MAX_FATAL_HOLD_S = 30.0
+
 
 class State(str, Enum):
     CLOSED = "closed"
@@ -42,6 +49,7 @@ class CircuitBreaker:
         self._trial_in_flight = False
         self.state = State.CLOSED
         self.opened = 0  # how many times the circuit opened
+        self._fatal_openings = 0  # openings in a row by failures a retry cannot heal
         self._need_probe = threading.Event()
         self._prober: threading.Thread | None = None
 
@@ -61,6 +69,7 @@ class CircuitBreaker:
                 log.info("worker answers again: circuit closed, splitting resumes")
             self.state = State.CLOSED
             self._failures = 0
+            self._fatal_openings = 0
             self._trial_in_flight = False
 
     def record_failure(self, reason: str, fatal: bool = False) -> None:
@@ -73,6 +82,7 @@ class CircuitBreaker:
             if fatal or self.state is State.HALF_OPEN or self._failures >= self.failure_threshold:
                 self.state = State.OPEN
                 self.opened += 1
+                self._fatal_openings = self._fatal_openings + 1 if fatal else 0
                 log.warning("worker failing (%s): circuit open, finishing requests locally", reason)
                 self._start_probe()
 
@@ -94,6 +104,10 @@ class CircuitBreaker:
         while True:
             self._need_probe.wait()
             if self._closed_event.is_set():
+                return
+            with self._lock:
+                hold = FATAL_HOLD_S * 2 ** (self._fatal_openings - 1) if self._fatal_openings else 0.0
+            if hold and self._closed_event.wait(min(hold, MAX_FATAL_HOLD_S)):
                 return
             serving = retrying(self._probe)
             with self._lock:

@@ -80,6 +80,20 @@ class LinkEstimator:
                 sample = floor
             self._log_bw = sample if self._log_bw is None else self._ewma(self._log_bw, sample)
 
+    def observe_timeout(self, nbytes: int, waited_ms: float) -> None:
+        """A request of ``nbytes`` got no answer within ``waited_ms``: the link is at most that fast.
+
+        Without this, a link that became too slow for the deadline would teach
+        the estimate nothing: every request would time out and fall back.
+        """
+        if nbytes <= 0 or waited_ms <= 0 or not math.isfinite(waited_ms):
+            return
+        with self._lock:
+            self._samples += 1
+            ceiling = math.log(nbytes * 8 / (waited_ms / 1e3))
+            if self._log_bw is None or self._log_bw > ceiling:
+                self._log_bw = ceiling
+
     def estimate(self) -> LinkEstimate:
         with self._lock:
             bw = None if self._log_bw is None else math.exp(self._log_bw)

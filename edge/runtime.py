@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from edge.breaker import CircuitBreaker
 from edge.client import DEFAULT_MAX_MESSAGE_BYTES, ClientTLS, WorkerClient
 from edge.link import LinkEstimator
 from edge.policy import Explore, LowestPredicted, Pinned, SplitPolicy
+from edge.speed import Speed, SpeedEstimator
 from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
 from splitpoint import wire
@@ -31,7 +32,7 @@ from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.backends import Session, SharedWeights, load_session, release_free_memory
 from splitpoint.bundle import LOCAL, Bundle, Manifest, Split, health_service, segment_model_name
 from splitpoint.cost import SplitCost
-from splitpoint.errors import CodecError, SplitpointError, WireError
+from splitpoint.errors import BundleError, CodecError, SplitpointError, WireError
 
 log = logging.getLogger("splitpoint.edge")
 
@@ -70,7 +71,9 @@ class EdgeRuntime:
     worker that requires TLS (or mutual TLS) and a bearer token.
     ``share_weights`` holds each weight once across the full model, prefixes
     and suffixes (see ``splitpoint.backends.SharedWeights``); it applies when
-    more than one onnxruntime session is loaded.
+    more than one onnxruntime session is loaded. ``backend="torch"`` runs the
+    prefix, the local suffix and the full model from the bundle's PyTorch
+    segments (a bundle made from a torch module); the worker's suffix stays ONNX.
     """
 
     def __init__(
@@ -87,8 +90,10 @@ class EdgeRuntime:
         tls: ClientTLS | None = None,
         token: str | None = None,
         share_weights: bool = True,
+        backend: str | None = None,
     ):
         self.bundle = Bundle(bundle)
+        self.bundle.check_model()  # the local fallback must be the version the segments were cut from
         m = self.bundle.manifest
         self.deadline_ms = float(deadline_ms)
         self.codec = codec_mod.parse(codec or m.codec)
@@ -98,7 +103,12 @@ class EdgeRuntime:
         self.link = LinkEstimator()
         self.busy = InFlight()
         self.last_trace: Trace | None = None
-        self.policy: SplitPolicy = _auto_policy(m) if split == AUTO else Pinned(m.split(split or m.default_split).id)
+        self.speed = SpeedEstimator()
+        self._costs = _offered_costs(m) if split == AUTO else {}
+        self.policy: SplitPolicy = (
+            _auto_policy(self._costs, m.default_split, self.speed.estimate) if split == AUTO
+            else Pinned(m.split(split or m.default_split).id)
+        )
         ids = self.policy.candidates
         remote = [i for i in ids if i != LOCAL]
         if remote and not cloud:
@@ -107,18 +117,19 @@ class EdgeRuntime:
             )
 
         self._threads = threads
-        files = {self.bundle.model_path()} | {
-            self.bundle.path(f) for i in ids for f in (m.split(i).edge_file, m.split(i).cloud_file) if f
-        }
+        self._backend = backend
+        self._full_path = self.bundle.path(m.full_model_file(backend))
+        files = {self._full_path} | {self.bundle.path(f) for i in ids for f in m.split(i).segment_files(backend) if f}
         onnx_files = [f for f in files if f.suffix == ".onnx"]
         self.shared_weights = SharedWeights() if share_weights and len(onnx_files) > 1 else None
-        self._full = load_session(self.bundle.model_path(), threads=threads, shared=self.shared_weights)
+        self._full = load_session(self._full_path, threads=threads, shared=self.shared_weights)
         self._segments = {i: self._load_segments(m.split(i)) for i in ids}
         release_free_memory()  # the parsed model files
 
         self._client: WorkerClient | None = None
         self.breaker: CircuitBreaker | None = None
         self._closed = threading.Event()
+        self._probing = threading.Lock()  # one background link probe at a time
         if remote:
             service = health_service(self._segments[remote[0]].model_name, m.model_sha256)
             self._client = WorkerClient(cloud, max_message_bytes, tls=tls, token=token, health_service=service)  # type: ignore[arg-type]
@@ -137,6 +148,7 @@ class EdgeRuntime:
         """Run the model on ``inputs``; always returns the full model's outputs."""
         frame = self._edge_half(inputs, self._choose())
         if frame.segments.suffix is None:  # split "local": the edge half was the whole model
+            self._explore(inputs)
             return self._complete(frame, {})
         budget_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         remote = None
@@ -198,6 +210,36 @@ class EdgeRuntime:
     def _choose(self) -> Segments:
         return self._segments[self.policy.choose(self.link.estimate())]
 
+    def _explore(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Probe the link in the background when the policy asks for it; the caller is answered locally meanwhile."""
+        if self.breaker is None or not self._probing.acquire(blocking=False):
+            return  # no worker, or a probe under way (a probe that comes due meanwhile waits for it)
+        split_id = self.policy.take_probe()
+        if split_id is None:
+            self._probing.release()
+            return
+        threading.Thread(target=self._probe_link, args=(inputs, split_id), name="splitpoint-link-probe", daemon=True).start()
+
+    def _probe_link(self, inputs: Mapping[str, np.ndarray], split_id: str) -> None:
+        """One request through ``split_id`` whose answer is dropped: it only teaches the link estimate."""
+        try:
+            if self.breaker.allow():  # type: ignore[union-attr]
+                frame = self._edge_half(inputs, self._segments[split_id])
+                self._call_worker(frame, frame.start + self.deadline_ms / 1e3)
+                self._observe_speed(frame.trace)
+                self.counters.probes += 1
+        finally:
+            self._probing.release()
+
+    def _observe_speed(self, trace: Trace) -> None:
+        """Compare the compute times a request measured with its split's predicted ones."""
+        cost = self._costs.get(trace.split)
+        if cost is None:
+            return
+        self.speed.observe("edge", cost.edge_ms, trace.edge_ms)
+        if trace.path == "cloud":
+            self.speed.observe("cloud", cost.cloud_ms, trace.cloud_ms)
+
     def _probe_rtt(self, service: str, interval_s: float = 1.0) -> None:
         """Time health checks: the round trip without payload. A few quick ones at start
         (the first also pays for connecting), then one every ``interval_s``."""
@@ -217,12 +259,22 @@ class EdgeRuntime:
             if rel is None:
                 return None
             path = self.bundle.path(rel)
-            if path == self.bundle.model_path():
+            if path == self._full_path:
                 return self._full
             return load_session(path, threads=self._threads, shared=self.shared_weights)
 
         model_name = segment_model_name(self.bundle.name, split.id)
-        return Segments(split, model_name, open_(split.edge_file), open_(split.cloud_file))
+        prefix, suffix = (open_(f) for f in split.segment_files(self._backend))
+        made = {s.name for s in self.bundle.manifest.inputs} | {s.name for s in (prefix.outputs if prefix else ())}
+        unmade = [n for n in split.sent_names if n not in made]
+        unsent = [s.name for s in (suffix.inputs if suffix else ()) if s.name not in split.sent_names]
+        if unmade or unsent:
+            raise BundleError(
+                f"bundle {self.bundle.root}: split {split.id!r} does not match its segments: "
+                + (f"it sends {unmade}, which {split.edge_file or 'the model inputs'} does not make" if unmade else
+                   f"{split.cloud_file} takes {unsent}, which the split does not send")
+            )
+        return Segments(split, model_name, prefix, suffix)
 
     def _edge_half(self, inputs: Mapping[str, np.ndarray], segments: Segments) -> Frame:
         """Check the inputs and run what runs on the edge before the cut."""
@@ -251,6 +303,7 @@ class EdgeRuntime:
         """The model's outputs in manifest order; records the frame's trace."""
         merged = {**frame.available, **suffix_outputs}
         frame.trace.total_ms = (time.perf_counter() - frame.start) * 1e3
+        self._observe_speed(frame.trace)
         self.last_trace = frame.trace
         self.counters.record(frame.trace)
         return {o.name: merged[o.name] for o in self.bundle.manifest.outputs}
@@ -302,6 +355,8 @@ class EdgeRuntime:
             reason, fatal = "deadline exceeded", False
         except grpc.RpcError as e:
             reason, fatal = _REASONS.get(e.code(), f"worker error {e.code().name}"), e.code() in _FATAL
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.link.observe_timeout(trace.bytes_encoded, (time.perf_counter() - frame.start) * 1e3 - trace.edge_ms)
             if fatal:
                 log.warning("worker at %s: %s: %s", self._client.address, reason, e.details())
         except (CodecError, WireError) as e:
@@ -364,8 +419,8 @@ class Frame:
 AUTO = "auto"
 
 
-def _auto_policy(m: Manifest) -> SplitPolicy:
-    """split="auto": the lowest predicted latency for the measured link, exploring while local."""
+def _offered_costs(m: Manifest) -> dict[str, SplitCost]:
+    """The predicted costs of the splits split="auto" may take."""
     # A split the calibration check refused (lossy codec too lossy there) is never chosen.
     costs = {
         s.id: SplitCost.from_json(s.predicted)
@@ -377,11 +432,17 @@ def _auto_policy(m: Manifest) -> SplitPolicy:
             f"split='auto' needs predicted costs in bundle {m.name!r}: "
             "make it with `splitpoint split MODEL -o BUNDLE --candidates auto`"
         )
-    start = m.default_split if m.default_split in costs else next(iter(costs))
-    policy = LowestPredicted(costs, start)
+    return costs
+
+
+def _auto_policy(costs: dict[str, SplitCost], default: str, speed: Callable[[], Speed]) -> SplitPolicy:
+    """split="auto": the lowest predicted latency for the measured link and compute speeds, exploring while local."""
+    policy = LowestPredicted(costs, default if default in costs else next(iter(costs)), speed=speed)
     remote = [i for i, c in costs.items() if not c.local]
-    # The cheapest remote split to send while exploring: the fewest bytes on the wire.
-    return Explore(policy, min(remote, key=lambda i: costs[i].sent_bytes)) if remote else policy
+    # The split to probe the link with: the least edge work (the probe competes with the caller's
+    # requests for the edge's CPU), then the most bytes (a payload that tells the bandwidth).
+    return Explore(policy, min(remote, key=lambda i: (costs[i].edge_ms + costs[i].encode_ms, -costs[i].sent_bytes))) \
+        if remote else policy
 
 
 class _BudgetSpent(Exception):

@@ -41,6 +41,7 @@ class Counters:
     local: int = 0
     fallbacks: int = 0
     fallback_reasons: Counter = field(default_factory=Counter)
+    probes: int = 0  # background requests that only measured the link (not in ``requests``)
 
     def record(self, trace: Trace) -> None:
         self.requests += 1

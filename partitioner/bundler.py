@@ -73,6 +73,7 @@ def split(
     calibration: CalibrationArg = None,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_rel_error: float | None = None,
+    finish: Callable[[Path], None] | None = None,
 ) -> Bundle:
     """Split ``model`` at each cut in ``at`` and write the verified bundle to ``out``.
 
@@ -80,18 +81,19 @@ def split(
     from 0.1 to 1000 Mbit/s at ``rtt_ms``, priced from the edge and cloud
     profiles (measured on this machine when not given); ``at=None`` then asks
     for those only. Whenever splits are priced, each one's ``predicted`` cost is
-    in the manifest and the profiles are copied into the bundle. Pricing is for
-    ONNX models only.
+    in the manifest and the profiles are copied into the bundle. A .tflite
+    model is priced from LiteRT profiles, an ONNX model from onnxruntime ones.
 
     With ``calibration`` (an .npz of input samples, see ``partitioner.calibration``)
     every split also runs through ``codec`` on those samples: a requested split
     under ``min_agreement`` (or over ``max_rel_error``) is refused, candidates
     under it are not taken, and each split's figures go in its ``verification``.
+
+    ``finish(directory)`` runs on the written bundle before it takes its place
+    (``partitioner.torch_segments`` adds PyTorch segments so); if it raises, no bundle is written.
     """
     priced = candidates is not None or edge_profile is not None or cloud_profile is not None
     kind = format_of(model)
-    if priced and not kind.prices:
-        raise PartitionError(f"--candidates and profiles are not supported for {kind.name} models yet")
     log = log or (lambda _: None)
     out = Path(out)
     if golden < 1:
@@ -113,7 +115,7 @@ def split(
     named = {i: resolve_cut(view, names) for i, names in enumerate(requests) if names is not None}
     calibrator = load_calibrator(source.path, calibration, codec, threshold, log)
     sweep_cuts = candidate_cuts(view) if None in requests else []
-    pricing = Pricing.of(source, edge_profile, cloud_profile, codec, log) if priced else None  # ONNX: kind.prices
+    pricing = Pricing.of(source, edge_profile, cloud_profile, codec, log) if priced else None
     for note in pricing.notes if pricing else []:
         log(f"note: {note}")
     regions: list[Region] = []
@@ -160,6 +162,8 @@ def split(
             profiles=pricing.save_profiles(root) if pricing is not None else (),
         )
         write_manifest(root, manifest)
+        if finish is not None:
+            finish(root)
     return Bundle(out)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from partitioner.costmodel import Choice, CostModel
 from partitioner.errors import PartitionError, first_line
-from partitioner.formats import OnnxFormat, write_segments
+from partitioner.formats import ModelFormat, format_for, write_segments
 from partitioner.golden import Tensors
 from partitioner.measure import TensorTable
 from partitioner.verify import edge_then_cloud, load_segment
@@ -251,7 +251,7 @@ def _engine_errors(request: Tensors) -> Iterator[None]:
 
 @dataclass
 class SplitChecker:
-    """Calibration of any split of an ONNX model, by prefix, for the search: segments extracted on demand, cached."""
+    """Calibration of any split of a model, by prefix, for the search: segments extracted on demand, cached."""
 
     cost_model: CostModel
     calibrator: Calibrator
@@ -274,7 +274,7 @@ class SplitChecker:
         self.log(f"calibrating split {choice.id} {self.calibrator.measured_on}")
         if not choice.prefix:
             return self.calibrator.check(None, self.calibrator.full)
-        fmt = OnnxFormat(self.cost_model.source)
+        fmt = format_for(self.cost_model.source)
         cut, _ = self.cost_model.cut(choice.prefix)
         with tempfile.TemporaryDirectory(prefix="splitpoint-calibration-") as tmp:
             root = Path(tmp)
@@ -283,7 +283,7 @@ class SplitChecker:
                                                                                       ("cloud", cloud_file)))
             return self.calibrator.check(edge, cloud)
 
-    def _tensors(self, fmt: OnnxFormat) -> TensorTable:
+    def _tensors(self, fmt: ModelFormat) -> TensorTable:
         """Types and shapes of every tensor a cut may send, measured once."""
         if self._table is None:
             view = fmt.source.view

@@ -4,8 +4,10 @@ A prefix is any set of compute nodes closed under predecessors (everything a
 node needs runs before it); ``cuts.partition`` decides what it sends, so costs
 follow exactly the semantics the bundle is cut with. Its ``SplitCost``:
 
-- edge_ms: the prefix as one call on the edge profile (``Profile.segment_ms``);
-- cloud_ms / local_suffix_ms: the rest as one call on the cloud / edge profile;
+- edge_ms: the prefix as one call on the edge profile, ending with the tensors it
+  sends (``Profile.prefix_ms``: the nodes plus the boundary's per-MB out side);
+- cloud_ms / local_suffix_ms: the rest as one call on the cloud / edge profile,
+  starting from those tensors (``Profile.suffix_ms``: plus the boundary's in side);
 - encode_ms, decode_ms, sent_bytes: the sent tensors through the codec, as
   measured on the golden run (``transfer``), each tensor once;
 - response_bytes: the raw graph outputs the cloud computes.
@@ -20,9 +22,9 @@ from dataclasses import dataclass
 
 from partitioner.cuts import Cut, partition
 from partitioner.errors import PartitionError
+from partitioner.formats import ModelSource
 from partitioner.memory import EdgeMemory
 from partitioner.profile import Profile
-from partitioner.source import Source
 from partitioner.transfer import Transfers, measure_transfers, sent_cost
 from splitpoint.bundle import CLOUD, LOCAL, file_sha256, slug
 from splitpoint.cost import SplitCost
@@ -42,7 +44,7 @@ class Choice:
 
 @dataclass
 class CostModel:
-    source: Source
+    source: ModelSource
     model_sha256: str
     edge: Profile
     cloud: Profile
@@ -50,7 +52,7 @@ class CostModel:
     memory: EdgeMemory
 
     @classmethod
-    def build(cls, source: Source, edge: Profile, cloud: Profile, codec: str, log: Callable[[str], None]) -> CostModel:
+    def build(cls, source: ModelSource, edge: Profile, cloud: Profile, codec: str, log: Callable[[str], None]) -> CostModel:
         """Check the profiles belong to ``source`` and measure the codec on its golden run."""
         sha = file_sha256(source.path)
         for p in (edge, cloud):
@@ -92,15 +94,30 @@ class CostModel:
                                  f"{self.transfers.unsendable.get(refused[0], 'not measured')}")
         nbytes, encode_ms, decode_ms = sent_cost(self.transfers, cut.sent)
         returned = [o for o in self.source.view.outputs if o not in cut.edge_outputs]
+        crossing = sum(self._boundary_bytes(t) for t in cut.sent)
         return SplitCost(
-            edge_ms=self.edge.segment_ms(prefix),
-            cloud_ms=self.cloud.segment_ms(cut.suffix),
-            local_suffix_ms=self.edge.segment_ms(cut.suffix),
+            edge_ms=self.edge.prefix_ms(prefix, crossing),
+            cloud_ms=self.cloud.suffix_ms(cut.suffix, crossing),
+            local_suffix_ms=self.edge.suffix_ms(cut.suffix, crossing),
             encode_ms=encode_ms,
             decode_ms=decode_ms,
             sent_bytes=nbytes,
             response_bytes=sum(self.transfers.sizes.get(o, 0) for o in returned),
         )
+
+    def tensor_cost(self, name: str) -> SplitCost:
+        """What sending tensor ``name`` adds to a split: the codec, the wire and the boundary on both sides.
+
+        The min-cut prices each crossing tensor with this; ``cost`` sums the same terms.
+        """
+        t = self.transfers.tensors[name]
+        mb = self._boundary_bytes(name) / 1e6
+        return SplitCost(self.edge.boundary.out_ms_per_mb * mb, cloud_ms=self.cloud.boundary.in_ms_per_mb * mb,
+                         encode_ms=t.encode_ms, decode_ms=t.decode_ms, sent_bytes=t.encoded_bytes)
+
+    def _boundary_bytes(self, name: str) -> int:
+        """Raw bytes of ``name`` at a segment boundary: graph inputs cross none (the whole model starts from them)."""
+        return self.transfers.sizes.get(name, 0) if name in self.source.view.producer else 0
 
     def choice(self, prefix: Collection[int]) -> Choice:
         prefix = frozenset(prefix)

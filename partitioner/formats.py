@@ -41,10 +41,13 @@ class ModelSource(Protocol):
     @property
     def compute_nodes(self) -> int: ...
 
+    def values(self, names: list[str], inputs: Tensors) -> Tensors:
+        """The tensors ``names`` (computed by the model) on ``inputs``, from one run of the model's own engine."""
+        ...
+
 
 class ModelFormat(Protocol):
     name: ClassVar[str]  # the format in messages
-    prices: ClassVar[bool]  # supports split's --candidates auto and profiles
     model_file: ClassVar[str]  # the full model's file in the bundle
     suffix: ClassVar[str]  # of segment files; load_session picks the engine by it
     engine_note: ClassVar[str]  # ends log lines about running the model, naming an engine that is not the default
@@ -92,6 +95,15 @@ def open_model(model: str | Path, shapes: Mapping[str, Sequence[int]] | None, lo
     return format_of(model).open(model, shapes, log)
 
 
+def format_for(source: ModelSource) -> ModelFormat:
+    """The format of a model already loaded."""
+    if isinstance(source, Source):
+        return OnnxFormat(source)
+    from partitioner.tflite.format import TfliteFormat
+
+    return TfliteFormat(source)  # type: ignore[arg-type]
+
+
 def write_segments(fmt: ModelFormat, table: TensorTable, cut: Cut, split_id: str, root: Path) -> tuple[str, str]:
     """Write the edge and cloud segments of ``cut`` under ``root``; their paths relative to it.
 
@@ -119,7 +131,6 @@ class OnnxFormat:
     """ONNX models: segments extracted as ONNX graphs, checked by onnx, run in onnxruntime."""
 
     name: ClassVar[str] = "ONNX"
-    prices: ClassVar[bool] = True
     model_file: ClassVar[str] = "model.onnx"
     suffix: ClassVar[str] = ".onnx"
     engine_note: ClassVar[str] = ""

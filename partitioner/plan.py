@@ -41,11 +41,11 @@ from typing import Any
 from partitioner.calibration import DEFAULT_MIN_AGREEMENT, Agreement, CalibrationArg, SplitChecker, Threshold, load_calibrator
 from partitioner.costmodel import Choice
 from partitioner.errors import PartitionError
+from partitioner.formats import open_model
 from partitioner.objectives import OBJECTIVES, Objective
 from partitioner.pricing import Pricing, ProfileArg
 from partitioner.profile import Profile
 from partitioner.search import Constraints, Region, Result, best_split, pareto
-from partitioner.source import Source
 from splitpoint.bundle import DEFAULT_CODEC, LOCAL
 from splitpoint.codec import parse as parse_codec
 from splitpoint.cost import Link
@@ -288,7 +288,7 @@ def plan(
     constraints = constraints or Constraints()
     threshold = Threshold(min_agreement, max_rel_error)
     log(f"loading {model}")
-    source = Source.open(model, shapes, log)
+    source = open_model(model, shapes, log).source
     calibrator = load_calibrator(source.path, calibration, codec, threshold, log)  # before profiling: fails fast
     pricing = Pricing.of(source, edge_profile, cloud_profile, codec, log, cloud_threads)
     cost_model, notes = pricing.cost_model, pricing.notes

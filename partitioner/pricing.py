@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from partitioner.costmodel import CostModel
+from partitioner.formats import ModelSource
 from partitioner.profile import Profile, profile_source
-from partitioner.source import Source
 
 PROFILE_RUNS = 10  # timed runs when a side is profiled on the spot
 PROFILES_DIR = "profiles"
@@ -31,7 +31,7 @@ class Pricing:
     @classmethod
     def of(
         cls,
-        source: Source,
+        source: ModelSource,
         edge: ProfileArg,
         cloud: ProfileArg,
         codec: str,

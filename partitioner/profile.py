@@ -12,7 +12,15 @@ call on a one-node model (the fixed cost of any call), and the node times'
 sum is compared with the end-to-end time. A segment of the model is predicted
 as one call: ``call_overhead_ms`` plus its nodes' times, scaled so that the
 whole model's nodes add up to the measured end-to-end time (the profiler sees
-kernels, not the gaps between them).
+kernels, not the gaps between them), plus the boundary: what cutting the model
+there costs beyond its nodes, per byte crossing (``Boundary``, fitted on real
+segments of this model while profiling, see ``partitioner.profile_boundary``).
+
+Each backend measures node times its own way, into this one format:
+onnxruntime with its node profiler (``partitioner.ort_trace``), LiteRT from
+timed prefix models (``partitioner.profile_litert``: its Python API has no op
+profiler), PyTorch with ``torch.profiler`` per module, mapped onto the nodes of
+the module's ONNX export (``partitioner.profile_torch``).
 
     {"format": "splitpoint-profile", "version": 1,
      "model": {"file", "sha256", "compute_nodes"},
@@ -21,8 +29,12 @@ kernels, not the gaps between them).
      "shapes": {input: [dims]}, "runs", "warmup", "measured_at",
      "end_to_end_ms",
      "quality": {"node_sum_ms", "call_overhead_ms", "unattributed_ms", "node_sum_vs_end_to_end"},
+     "boundary": {"out_ms_per_mb", "in_ms_per_mb", "cuts": [{"sent", "mb", "prefix_ms", "prefix_predicted_ms",
+                                                            "suffix_ms", "suffix_predicted_ms"}]},
      "nodes": {"<index>:<name>": {"index", "name", "op_type", "ms",
                                   "kernels": [...] | "fused_into": key | "removed": true}}}
+
+"boundary" is optional: a profile without it (or an older one) predicts no boundary cost.
 """
 
 from __future__ import annotations
@@ -33,9 +45,8 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,10 @@ from onnx import TensorProto, helper
 
 from partitioner import onnxio, ort_trace
 from partitioner.errors import PartitionError
+from partitioner.formats import ModelSource, OnnxFormat, format_of
+from partitioner.profile_boundary import Boundary, BoundaryProbe
+from partitioner.profile_timing import Timed, gc_paused, ort_opener
+from partitioner.pytorch import export_factory, is_factory
 from partitioner.source import Source
 from splitpoint.bundle import file_sha256
 
@@ -105,6 +120,7 @@ class Profile:
     unattributed_ms: float
     nodes: dict[int, NodeProfile]  # by node index
     path: Path | None = None  # the file it was read from, for messages
+    boundary: Boundary = Boundary()
 
     @property
     def threads(self) -> int:
@@ -134,13 +150,25 @@ class Profile:
         nodes = list(nodes)
         return self.call_overhead_ms + sum(self.node_ms(i) for i in nodes) if nodes else 0.0
 
+    def prefix_ms(self, nodes: Iterable[int], sent_bytes: int) -> float:
+        """A prefix that outputs ``sent_bytes`` for a suffix: the call plus the boundary's out side."""
+        nodes = list(nodes)
+        return self.segment_ms(nodes) + self.boundary.out_ms_per_mb * sent_bytes / 1e6 if nodes else 0.0
+
+    def suffix_ms(self, nodes: Iterable[int], received_bytes: int) -> float:
+        """A suffix that starts from ``received_bytes`` a prefix made: the call plus the boundary's in side."""
+        nodes = list(nodes)
+        return self.segment_ms(nodes) + self.boundary.in_ms_per_mb * received_bytes / 1e6 if nodes else 0.0
+
     def summary(self) -> str:
         b, m = self.backend, self.machine
         share = self.node_sum_ms / self.end_to_end_ms if self.end_to_end_ms else 0.0
+        boundary = self.boundary
+        measured = f", boundary {boundary.out_ms_per_mb:.3f} out + {boundary.in_ms_per_mb:.3f} in ms/MB" if boundary.cuts else ""
         return (
             f"{b['name']} {b['version']}, {b['threads']} thread(s), {m['processor']} x{m['cpu_count']}: "
             f"end-to-end {self.end_to_end_ms:.3f} ms, nodes sum to {share:.0%} of it, "
-            f"call overhead {self.call_overhead_ms:.3f} ms"
+            f"call overhead {self.call_overhead_ms:.3f} ms{measured}"
         )
 
     def check(self, model_sha256: str, shapes: Mapping[str, Sequence[int]], compute_nodes: Iterable[int]) -> None:
@@ -178,6 +206,7 @@ class Profile:
                 "unattributed_ms": round(self.unattributed_ms, 6),
                 "node_sum_vs_end_to_end": round(self.node_sum_ms / self.end_to_end_ms, 4) if self.end_to_end_ms else None,
             },
+            "boundary": self.boundary.to_json(),
             "nodes": {n.key: n.to_json() for n in self.nodes.values()},
         }
 
@@ -219,6 +248,7 @@ class Profile:
                 unattributed_ms=float(q["unattributed_ms"]),
                 nodes={n.index: n for n in nodes},
                 path=path,
+                boundary=Boundary.from_json(d["boundary"]) if "boundary" in d else Boundary(),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PartitionError(f"profile {path}: malformed ({type(e).__name__}: {e})") from None
@@ -230,48 +260,95 @@ def _shapes_text(shapes: Mapping[str, Sequence[int]]) -> str:
 
 def profile(
     model: str | Path,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     threads: int = 1,
     runs: int = 20,
     shapes: Mapping[str, Sequence[int]] | None = None,
     warmup: int = 5,
     log: Callable[[str], None] | None = None,
+    example_shapes: Sequence[str] = (),
+    dynamo: bool = False,
 ) -> Profile:
-    """Measure ``model``'s per-node latency on this machine with ``backend`` and ``threads`` intra-op threads."""
+    """Measure ``model``'s per-node latency on this machine with ``backend`` and ``threads`` intra-op threads.
+
+    ``model`` is an ONNX or .tflite file, or a PyTorch module as ``FILE.py:FACTORY``
+    (exported to ONNX with ``example_shapes``, as ``split`` does; the profile is of
+    that export). ``backend`` defaults to the model's own engine: onnxruntime for
+    ONNX and PyTorch modules, LiteRT for .tflite; ``torch`` needs a module.
+    """
     log = log or (lambda _: None)
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise PartitionError(f"--backend {backend}: unknown backend; use one of {', '.join(BACKENDS)}")
-    if backend != "onnxruntime":
-        raise PartitionError(f"--backend {backend}: not supported yet; use onnxruntime")
     if threads < 1:
         raise PartitionError(f"--threads {threads}: at least one thread is needed")
     if runs < 1:
         raise PartitionError(f"--runs {runs}: at least one timed run is needed")
     if warmup < 0:
         raise PartitionError(f"warmup={warmup}: must not be negative")
+    if is_factory(model):
+        with tempfile.TemporaryDirectory(prefix="splitpoint-torch-") as tmp:
+            exported = export_factory(str(model), example_shapes, dynamo, Path(tmp), log)
+            source = Source.open(exported, shapes, log)
+            if backend == "torch":
+                from partitioner.profile_torch import profile_module
+
+                return profile_module(source, str(model), threads, runs, warmup, dynamo, log)
+            return _checked_backend(source, backend, threads, runs, warmup, log)
+    if example_shapes or dynamo:
+        raise PartitionError("--example-shape and --dynamo are for PyTorch modules, given as FILE.py:FACTORY")
+    if backend == "torch":
+        raise PartitionError(f"--backend torch profiles a PyTorch module: give the model as FILE.py:FACTORY "
+                             f"with --example-shape, not {Path(model).name}")
     log(f"loading {model}")
-    return profile_source(Source.open(model, shapes, log), threads, runs, warmup, log)
+    fmt = format_of(model).open(model, shapes, log)
+    return _checked_backend(fmt.source, backend, threads, runs, warmup, log)
 
 
-def profile_source(source: Source, threads: int, runs: int, warmup: int, log: Callable[[str], None]) -> Profile:
-    """``profile`` for a model already loaded (its golden input 0 is what runs)."""
+def _checked_backend(source: ModelSource, backend: str | None, threads: int, runs: int, warmup: int,
+                     log: Callable[[str], None]) -> Profile:
+    own = default_backend(source)
+    if backend is not None and backend != own:
+        kind = "a TFLite" if own == "litert" else "an ONNX"
+        raise PartitionError(f"--backend {backend}: {source.path.name} is {kind} model; profile it with --backend {own}")
+    return profile_source(source, threads, runs, warmup, log)
+
+
+def default_backend(source: ModelSource) -> str:
+    """The engine a model's segments run on: LiteRT for .tflite, onnxruntime for ONNX."""
+    return "onnxruntime" if isinstance(source, Source) else "litert"
+
+
+def profile_source(source: ModelSource, threads: int, runs: int, warmup: int, log: Callable[[str], None]) -> Profile:
+    """``profile`` for a model already loaded, with its own engine (its golden input 0 is what runs)."""
+    if default_backend(source) == "litert":
+        from partitioner.profile_litert import profile_tflite  # loads LiteRT: only for .tflite models
+
+        return profile_tflite(source, threads, runs, warmup, log)
+    return _profile_onnx(source, threads, runs, warmup, log)
+
+
+def _profile_onnx(source: Source, threads: int, runs: int, warmup: int, log: Callable[[str], None]) -> Profile:
     view = source.view
     feeds = source.sample(0)
     log(f"profiling {warmup} warm-up + {runs} runs with onnxruntime {ort.__version__}, {threads} thread(s), "
         "each beside a timed run without the profiler")
     tracer = ort_trace.Tracer(source.model, view, threads)  # first: it turns a model onnxruntime refuses into one line
+    opener = ort_opener(threads)
     with tempfile.TemporaryDirectory(prefix="splitpoint-profile-") as tmp:
         onnxio.save_model(source.model, Path(tmp) / "model.onnx")
-        timed = _Timed(Path(tmp) / "model.onnx", threads)
+        timed = Timed(opener(Path(tmp) / "model.onnx"))
         onnx.save(_one_node_model(), Path(tmp) / "one_node.onnx")
-        empty = _Timed(Path(tmp) / "one_node.onnx", threads)
-    for k in range(warmup + runs):  # interleaved, so a busy spell on a shared machine hits both alike
-        tracer.run(feeds)
-        timed.run(feeds, keep=k >= warmup)
-        for _ in range(_OVERHEAD_CALLS):
-            empty.run({"x": np.zeros(1, np.float32)}, keep=k >= warmup)
-        if (k + 1) % 10 == 0 or k + 1 == warmup + runs:
-            log(f"profiled {k + 1}/{warmup + runs} runs")
+        empty = Timed(opener(Path(tmp) / "one_node.onnx"))
+    probe = BoundaryProbe(OnnxFormat(source), opener, log)
+    with gc_paused():
+        for k in range(warmup + runs):  # interleaved, so a busy spell on a shared machine hits all alike
+            tracer.run(feeds)
+            timed.run(feeds, keep=k >= warmup)
+            for _ in range(_OVERHEAD_CALLS):
+                empty.run({"x": np.zeros(1, np.float32)}, keep=k >= warmup)
+            probe.run(feeds, keep=k >= warmup)
+            if (k + 1) % 10 == 0 or k + 1 == warmup + runs:
+                log(f"profiled {k + 1}/{warmup + runs} runs")
     traced = tracer.finish(warmup)
     nodes = {}
     for i in view.order:
@@ -281,26 +358,35 @@ def profile_source(source: Source, threads: int, runs: int, warmup: int, log: Ca
             fused_into = node_key(timing.fused_into, view.graph.node[timing.fused_into].name)
         ms = round(timing.ms, 6)  # as the JSON keeps it: the profiler counts whole microseconds anyway
         nodes[i] = NodeProfile(i, node.name, node.op_type, ms, timing.kernels, fused_into, timing.removed)
+    backend = {"name": "onnxruntime", "version": ort.__version__, "threads": threads,
+               "graph_optimization": "ORT_ENABLE_ALL", "provider": "CPUExecutionProvider"}
+    measured = assemble(source, backend, runs, warmup, statistics.median(timed.ms), statistics.median(empty.ms),
+                        traced.unattributed_ms, nodes)
+    return with_boundary(measured, probe)
+
+
+def assemble(source: ModelSource, backend: dict[str, Any], runs: int, warmup: int, end_to_end_ms: float,
+             call_overhead_ms: float, unattributed_ms: float, nodes: dict[int, NodeProfile]) -> Profile:
+    """A profile of ``source`` measured now on this machine (without its boundary: see ``with_boundary``)."""
     return Profile(
         model_file=source.path.name,
         model_sha256=file_sha256(source.path),
-        backend={
-            "name": "onnxruntime",
-            "version": ort.__version__,
-            "threads": threads,
-            "graph_optimization": "ORT_ENABLE_ALL",
-            "provider": "CPUExecutionProvider",
-        },
+        backend=backend,
         machine=machine(),
         shapes=dict(source.input_shapes),
         runs=runs,
         warmup=warmup,
         measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        end_to_end_ms=statistics.median(timed.ms),
-        call_overhead_ms=statistics.median(empty.ms),
-        unattributed_ms=traced.unattributed_ms,
+        end_to_end_ms=end_to_end_ms,
+        call_overhead_ms=call_overhead_ms,
+        unattributed_ms=unattributed_ms,
         nodes=nodes,
     )
+
+
+def with_boundary(measured: Profile, probe: BoundaryProbe) -> Profile:
+    """``measured`` with the boundary fitted from ``probe``'s segments against its own node times."""
+    return replace(measured, boundary=probe.fit(measured.segment_ms))
 
 
 def machine() -> dict[str, Any]:
@@ -315,23 +401,6 @@ def machine() -> dict[str, Any]:
         pass
     return {"platform": platform.platform(), "processor": processor, "cpu_count": os.cpu_count(),
             "python": platform.python_version()}
-
-
-class _Timed:
-    """A session whose ``run`` calls are timed by wall clock (no profiler)."""
-
-    def __init__(self, model: Path, threads: int):
-        self._session = ort.InferenceSession(str(model), ort_trace.session_options(threads),
-                                             providers=["CPUExecutionProvider"])
-        self._inputs = [i.name for i in self._session.get_inputs()]
-        self.ms: list[float] = []
-
-    def run(self, feeds: Mapping[str, np.ndarray], keep: bool) -> None:
-        feed = {name: feeds[name] for name in self._inputs}
-        start = time.perf_counter()
-        self._session.run(None, feed)
-        if keep:
-            self.ms.append((time.perf_counter() - start) * 1e3)
 
 
 def _one_node_model() -> onnx.ModelProto:

@@ -12,7 +12,10 @@ Nodes without scopes keep their names.
 
 torch is imported only when a module is exported. The CLI takes a module as
 ``FILE.py:FACTORY`` and exports it in a subprocess (``partitioner.torch_child``):
-torch loaded into a process slows onnxruntime there afterwards.
+torch loaded into a process slows onnxruntime there afterwards. For ``split``
+the subprocess also saves the module as a ``torch.export`` program beside the
+ONNX file (``program_file``), from the same instance, so the PyTorch segments
+(``partitioner.torch_segments``) have the ONNX model's weights.
 """
 
 from __future__ import annotations
@@ -220,24 +223,32 @@ def is_factory(model: str | Path) -> bool:
     return _FACTORY.fullmatch(str(model)) is not None
 
 
+def program_file(onnx_file: Path) -> Path:
+    """Where ``export_factory(..., program=True)`` saves the module's ``torch.export`` program."""
+    return onnx_file.with_suffix(".pt2")
+
+
 @contextmanager
 def model_file(
-    model: str | Path, example_shapes: Sequence[str], dynamo: bool, log: Callable[[str], None]
+    model: str | Path, example_shapes: Sequence[str], dynamo: bool, log: Callable[[str], None], program: bool = False
 ) -> Iterator[Path]:
-    """``model`` as a model file: itself, or ``FILE.py:FACTORY`` exported to a temporary file while in use."""
+    """``model`` as a model file: itself, or ``FILE.py:FACTORY`` exported to a temporary file while in use
+    (with its ``program_file`` too if ``program``)."""
     if not is_factory(model):
         if example_shapes or dynamo:
             raise PartitionError("--example-shape and --dynamo are for PyTorch modules, given as FILE.py:FACTORY")
         yield Path(model)
         return
     with tempfile.TemporaryDirectory(prefix="splitpoint-torch-") as tmp:
-        yield export_factory(str(model), example_shapes, dynamo, Path(tmp), log)
+        yield export_factory(str(model), example_shapes, dynamo, Path(tmp), log, program)
 
 
 def export_factory(
-    spec: str, example_shapes: Sequence[str], dynamo: bool, directory: Path, log: Callable[[str], None]
+    spec: str, example_shapes: Sequence[str], dynamo: bool, directory: Path, log: Callable[[str], None],
+    program: bool = False,
 ) -> Path:
-    """Export the module ``FILE.py:FACTORY`` returns to ``directory/FACTORY.onnx``, in a subprocess."""
+    """Export the module ``FILE.py:FACTORY`` returns to ``directory/FACTORY.onnx``, in a subprocess
+    (and, if ``program``, to its ``program_file``)."""
     match = _FACTORY.fullmatch(spec)
     if match is None:
         raise PartitionError(f"{spec}: expected FILE.py:FACTORY")
@@ -252,7 +263,8 @@ def export_factory(
         raise PartitionError(f"PyTorch is not installed; to export {spec}: {TORCH_EXTRA}")
     out = directory / f"{name}.onnx"
     command = [sys.executable, "-m", "partitioner.torch_child", str(file), name, str(out),
-               *(a for s in example_shapes for a in ("--example-shape", s)), *(["--dynamo"] if dynamo else [])]
+               *(a for s in example_shapes for a in ("--example-shape", s)), *(["--dynamo"] if dynamo else []),
+               *(["--program"] if program else [])]
     root = str(Path(__file__).resolve().parents[1])  # the child imports this very partitioner
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     log(f"exporting {spec} to ONNX with the {'dynamo' if dynamo else 'legacy'} exporter, in a subprocess")

@@ -8,7 +8,8 @@ DADS-style construction (Hu et al., INFOCOM 2019), with networkx's max-flow:
 - a prefix is closed under predecessors (data crosses once, edge to cloud):
   v -> u is infinite for every graph edge u -> v;
 - each tensor that can cross gets an auxiliary node x: producer -> x costs
-  sending it (encode, bytes on the wire, decode) and x -> every reader is
+  sending it (encode, bytes on the wire, decode, the segment boundary on
+  both sides: ``CostModel.tensor_cost``) and x -> every reader is
   infinite, so a tensor is paid once however many readers are on the cloud;
   graph inputs hang off s (they start on the edge);
 - what any non-local split pays whatever the cut (the RTT, the fixed cost of
@@ -138,12 +139,10 @@ def min_cut_prefix(model: CostModel, link: Link, objective: Objective, constrain
         if source is None:
             continue  # initializers and Constant outputs: each side keeps its own
         x = ("tensor", t)
-        transfer = model.transfers.tensors.get(t)
-        if transfer is None or (constraints.no_raw_inputs and t in view.inputs):
+        if t not in model.transfers.tensors or (constraints.no_raw_inputs and t in view.inputs):
             g.add_edge(source, x)
         else:
-            g.add_edge(source, x, capacity=capacity(SplitCost(
-                0.0, encode_ms=transfer.encode_ms, decode_ms=transfer.decode_ms, sent_bytes=transfer.encoded_bytes)))
+            g.add_edge(source, x, capacity=capacity(model.tensor_cost(t)))
         for v in nodes:
             g.add_edge(x, v)
     _, (edge_side, _) = nx.minimum_cut(g, _S, _T)

@@ -1,7 +1,8 @@
 """The subprocess that exports a ``FILE.py:FACTORY`` module for the CLI (see ``partitioner.pytorch.export_factory``).
 
-``python -m partitioner.torch_child FILE FACTORY OUT --example-shape D0,D1,...[:DTYPE] [--dynamo]``
-imports FILE, calls FACTORY(), puts the module in eval mode and writes OUT.
+``python -m partitioner.torch_child FILE FACTORY OUT --example-shape D0,D1,...[:DTYPE] [--dynamo] [--program]``
+imports FILE, calls FACTORY(), puts the module in eval mode and writes OUT (and
+with ``--program`` its torch.export program, see ``partitioner.pytorch.program_file``).
 Failures are one ``error:`` line on stderr and exit status 2.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from partitioner.errors import PartitionError, first_line
-from partitioner.pytorch import from_torch, import_torch, parse_example_shape
+from partitioner.pytorch import from_torch, import_torch, parse_example_shape, program_file
+from partitioner.torch_segments import export_program
 
 
 def load_factory(file: Path, name: str) -> Any:
@@ -41,9 +43,9 @@ def load_factory(file: Path, name: str) -> Any:
     return factory
 
 
-def export(file: Path, name: str, out: Path, example_shapes: list[str], dynamo: bool) -> None:
+def make_module(file: Path, name: str) -> Any:
+    """The torch.nn.Module ``FILE:FACTORY()`` returns; one-line errors for anything else."""
     torch = import_torch()
-    shapes = [parse_example_shape(s) for s in example_shapes]
     factory = load_factory(file, name)
     try:
         module = factory()
@@ -51,9 +53,19 @@ def export(file: Path, name: str, out: Path, example_shapes: list[str], dynamo: 
         raise PartitionError(f"{file}:{name}() failed: {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(module, torch.nn.Module):
         raise PartitionError(f"{file}:{name}() returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def export(file: Path, name: str, out: Path, example_shapes: list[str], dynamo: bool, program: bool = False) -> None:
+    """Write OUT (ONNX) and, with ``program``, the same module instance as a torch.export program beside it."""
+    torch = import_torch()
+    shapes = [parse_example_shape(s) for s in example_shapes]
+    module = make_module(file, name)
     examples = [(torch.randn(shape) if dtype.startswith(("float", "bfloat")) else torch.ones(shape)).to(getattr(torch, dtype))
                 for shape, dtype in shapes]  # ones: valid token ids and attention masks
     from_torch(module.eval(), examples, dynamo=dynamo, path=out)
+    if program:
+        torch.export.save(export_program(module, examples), str(program_file(out)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--example-shape", action="append", default=[])
     p.add_argument("--dynamo", action="store_true")
+    p.add_argument("--program", action="store_true", help="also save the module as a torch.export program")
     args = p.parse_args(argv)
     try:
-        export(args.file, args.factory, args.out, args.example_shape, args.dynamo)
+        export(args.file, args.factory, args.out, args.example_shape, args.dynamo, args.program)
     except PartitionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from partitioner.measure import _run_exposing
-from partitioner.source import Source
+from partitioner.formats import ModelSource
 from splitpoint import codec as codec_mod
 from splitpoint.errors import SplitpointError
 
@@ -43,7 +42,7 @@ class Transfers:
 
 
 def measure_transfers(
-    source: Source, codec: str, log: Callable[[str], None], repeats: int = 3
+    source: ModelSource, codec: str, log: Callable[[str], None], repeats: int = 3
 ) -> Transfers:
     """Sizes of every tensor of golden run 0; encoded size and codec times of each one a cut could send."""
     c = codec_mod.parse(codec)
@@ -53,7 +52,7 @@ def measure_transfers(
     exposed = [n for n in dict.fromkeys([*produced, *view.outputs]) if n not in inputs]
     log(f"running the model once with {len(exposed)} tensors exposed, to measure {c.spec} on real tensors")
     values = dict(inputs)
-    values.update(zip(exposed, _run_exposing(source.model, exposed, inputs)))
+    values.update(source.values(exposed, inputs))
     read = {t for ts in view.reads.values() for t in ts}
     tensors: dict[str, TensorTransfer] = {}
     unsendable: dict[str, str] = {}

@@ -1,7 +1,8 @@
 """Runtime backends: one small session interface over the inference engines.
 
 ONNX Runtime runs ``.onnx`` models, LiteRT runs ``.tflite`` models and
-PyTorch runs TorchScript ``.pt`` files, behind the same ``Session`` shape.
+PyTorch runs ``torch.export`` programs (``.pt2``) and TorchScript ``.pt``
+files, behind the same ``Session`` shape.
 Each engine is imported only when a model needs it, so the edge loads no
 inference engine it does not use (and ``import edge`` never imports torch).
 
@@ -16,7 +17,8 @@ import ctypes
 import functools
 import json
 import threading
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -178,36 +180,92 @@ def release_free_memory() -> None:
         pass
 
 
+GRAPH_OPT_LEVELS = ("basic", "extended", "all")
+AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def ort_providers(names: Sequence[str] | None) -> list[str]:
+    """onnxruntime execution providers in order of preference, checked against this build.
+
+    ``names`` are full or short names (``cuda``, ``CPUExecutionProvider``);
+    None means CUDA when this build has it, then the CPU (which also runs the
+    nodes CUDA cannot).
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if names is None:
+        return [p for p in AUTO_PROVIDERS if p in available]
+    resolved = []
+    for name in names:
+        match = [p for p in available if p.lower() in (name.lower(), name.lower() + "executionprovider")]
+        if not match:
+            raise SplitpointError(f"execution provider {name!r} is not available in this onnxruntime; "
+                                  f"it has: {', '.join(available)}")
+        resolved.append(match[0])
+    return resolved
+
+
+def check_graph_opt(level: str) -> None:
+    if level not in GRAPH_OPT_LEVELS:
+        raise SplitpointError(f"graph optimisation level must be one of {', '.join(GRAPH_OPT_LEVELS)}, not {level!r}")
+
+
 class OrtSession:
     """An onnxruntime.InferenceSession with specs in manifest terms.
 
-    ``threads`` sets intra-op threads (None: onnxruntime's default).
-    ``shared`` holds the weights this session has in common with others.
+    ``threads`` sets intra-op threads (None: onnxruntime's default), ``graph_opt``
+    the graph optimisation level, ``providers`` the execution providers (see
+    ``ort_providers``; the default is the CPU alone). ``shared`` holds the
+    weights this session has in common with others. Idle threads never spin:
+    every process here holds several sessions (prefix, suffix, full model; one
+    per served model), and a session spinning after its run takes the cores
+    the next one needs, doubling its run time; a lone session loses next to nothing.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, shared: SharedWeights | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        shared: SharedWeights | None = None,
+        *,
+        graph_opt: str = "all",
+        providers: Sequence[str] | None = ("CPUExecutionProvider",),
+    ):
         import onnxruntime as ort
 
+        check_graph_opt(graph_opt)
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{graph_opt.upper()}")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         extra = shared.configure(Path(path), opts) if shared is not None else {}
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"], **extra)
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=ort_providers(providers), **extra)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise SplitpointError(f"{path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
         self.path = Path(path)
         self._shared = shared  # its OrtValues must outlive the session
+        self.providers = self._session.get_providers()
+        threads_text = f"{threads} intra-op threads" if threads else "default threads"
+        self.description = f"onnxruntime on {', '.join(self.providers)}, graph optimisation {graph_opt}, {threads_text}"
         self.inputs = [_spec(a) for a in self._session.get_inputs()]
         self.outputs = [_spec(a) for a in self._session.get_outputs()]
+        self._input_names = {s.name for s in self.inputs}
         self._output_names = [o.name for o in self.outputs]
 
+    @property
+    def options(self) -> Any:
+        """The onnxruntime.SessionOptions the session runs with."""
+        return self._session.get_session_options()
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = {s.name for s in self.inputs}
-        values = self._session.run(self._output_names, {k: v for k, v in feeds.items() if k in names})
+        values = self._session.run(self._output_names, {k: v for k, v in feeds.items() if k in self._input_names})
         return dict(zip(self._output_names, values))
 
 
@@ -300,21 +358,35 @@ def _litert_message(e: BaseException) -> str:
     return (custom or lines or [type(e).__name__])[0]
 
 
-TORCH_SPECS = "splitpoint.json"  # the extra file of a TorchScript archive that holds its tensor specs
+TORCH_SPECS = "splitpoint.json"  # the extra file of a TorchScript or torch.export archive that holds its tensor specs
+
+
+def _specs_json(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> str:
+    return json.dumps({k: [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in v]
+                       for k, v in (("inputs", inputs), ("outputs", outputs))})
 
 
 def save_torchscript(module: Any, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Path:
     """Save a scripted or traced module with the specs ``TorchSession`` needs (TorchScript keeps no names or dtypes)."""
     import torch
 
-    specs = {k: [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in v]
-             for k, v in (("inputs", inputs), ("outputs", outputs))}
-    torch.jit.save(module, str(path), _extra_files={TORCH_SPECS: json.dumps(specs)})
+    torch.jit.save(module, str(path), _extra_files={TORCH_SPECS: _specs_json(inputs, outputs)})
+    return Path(path)
+
+
+def save_exported(program: Any, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Path:
+    """Save a ``torch.export`` program (``.pt2``) with the specs ``TorchSession`` needs: its inputs are
+    positional and its outputs unnamed."""
+    import torch
+
+    torch.export.save(program, str(path), extra_files={TORCH_SPECS: _specs_json(inputs, outputs)})
     return Path(path)
 
 
 class TorchSession:
-    """A TorchScript module run under ``torch.inference_mode``, with specs from the archive.
+    """A PyTorch module run under ``torch.inference_mode``, with specs from its archive: a
+    ``torch.export`` program (``.pt2``, see ``save_exported``) or TorchScript (any other file, see
+    ``save_torchscript``).
 
     Inputs go to ``forward`` in the order of the specs; a tensor, or a tuple or
     list of tensors, comes back named by the output specs. ``threads`` sets
@@ -328,16 +400,21 @@ class TorchSession:
         try:
             import torch
         except ImportError:
-            raise SplitpointError(f"{self.path}: running TorchScript needs PyTorch: pip install torch") from None
+            raise SplitpointError(f"{self.path}: running PyTorch models needs PyTorch: pip install torch") from None
         self._torch = torch
+        exported = self.path.suffix == ".pt2"
+        kind, saver = ("a torch.export program", "save_exported") if exported else ("TorchScript", "save_torchscript")
         extra = {TORCH_SPECS: ""}
         try:
-            self._module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
-        except (RuntimeError, ValueError) as e:  # torch reports bad archives this way
-            raise SplitpointError(f"{self.path}: torch cannot load it as TorchScript: {_first_line(e)}") from None
+            if exported:
+                self._module = torch.export.load(str(self.path), extra_files=extra).module()
+            else:
+                self._module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
+        except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as e:  # torch reports bad archives these ways
+            raise SplitpointError(f"{self.path}: torch cannot load it as {kind}: {_first_line(e)}") from None
         if not extra[TORCH_SPECS]:
             raise SplitpointError(f"{self.path}: no tensor specs in the archive; save it with "
-                                  "splitpoint.backends.save_torchscript(module, path, inputs, outputs)")
+                                  f"splitpoint.backends.{saver}(module, path, inputs, outputs)")
         specs = json.loads(extra[TORCH_SPECS])
         self.inputs = [TensorSpec.from_json(t) for t in specs["inputs"]]
         self.outputs = [TensorSpec.from_json(t) for t in specs["outputs"]]
@@ -352,12 +429,12 @@ class TorchSession:
         try:
             with self._torch.inference_mode():
                 result = self._module(*args)
-        except RuntimeError as e:
+        except (RuntimeError, AssertionError) as e:  # an exported program's shape guards assert
             raise SplitpointError(f"{self.path}: torch failed: {_first_line(e)}") from None
         values = list(result) if isinstance(result, tuple | list) else [result]
         if len(values) != len(self.outputs):
             raise SplitpointError(f"{self.path}: forward returned {len(values)} tensor(s), its specs name {len(self.outputs)}")
-        return {s.name: v.numpy() for s, v in zip(self.outputs, values)}
+        return {s.name: v.detach().numpy() for s, v in zip(self.outputs, values)}  # a weight returned as is needs grad
 
 
 def _first_line(e: BaseException) -> str:
@@ -366,14 +443,14 @@ def _first_line(e: BaseException) -> str:
 
 
 _BACKENDS = {"onnxruntime": OrtSession, "litert": LiteRTSession, "torch": TorchSession}
-_BY_SUFFIX = {".tflite": "litert", ".pt": "torch"}
+_BY_SUFFIX = {".tflite": "litert", ".pt": "torch", ".pt2": "torch"}
 
 
 def load_session(
     path: str | Path, backend: str | None = None, threads: int | None = None, shared: SharedWeights | None = None
 ) -> Session:
     """Open a segment or full model: with ``backend``, or the one its file type needs
-    (LiteRT for .tflite, PyTorch for .pt, onnxruntime otherwise).
+    (LiteRT for .tflite, PyTorch for .pt2 and .pt, onnxruntime otherwise).
 
     ``shared`` pools weights across the onnxruntime sessions of one model; other backends ignore it.
     """

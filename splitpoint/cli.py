@@ -27,12 +27,12 @@ CODECS = codec_names()
 SHAPE_HELP = "shape for a dynamic input, NAME=D0,D1,... (repeatable), used for golden inputs and sizes"
 PLAN_LINKS = ["1mbit/60ms", "10mbit/30ms", "100mbit/5ms"]
 PROFILE_HELP = "profile JSON written by `splitpoint profile` on the {where}"
-MODEL_HELP = "ONNX model file (external .onnx.data beside it is read too), or a PyTorch module as FILE.py:FACTORY"
+MODEL_HELP = "ONNX model file (external .onnx.data beside it is read too), .tflite file, or a PyTorch module as FILE.py:FACTORY"
 
 
-def _add_model(s: argparse.ArgumentParser) -> None:
-    """The model argument of inspect, split and plan, with what a PyTorch module needs to be exported."""
-    s.add_argument("model", help=MODEL_HELP)
+def _add_model(s: argparse.ArgumentParser, what: str = MODEL_HELP) -> None:
+    """The model argument of inspect, split, plan and profile, with what a PyTorch module needs to be exported."""
+    s.add_argument("model", help=what)
     s.add_argument("--example-shape", action="append", default=[], metavar="D0,D1,...[:DTYPE]",
                    help="for FILE.py:FACTORY: the shape (and dtype, default float32) of an example input to export "
                    "with, one per forward argument in order, e.g. 1,3,224,224 or 1,128:int64")
@@ -65,13 +65,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     from partitioner import parse_shapes, split
-    from partitioner.pytorch import model_file
+    from partitioner.pytorch import is_factory, model_file, program_file
+    from partitioner.torch_segments import segments_from_file
 
+    torch_segments = is_factory(args.model) and not args.no_torch_segments
     if args.at is None:
         at = None if args.candidates else "auto"
     else:
         at = "auto" if args.at == ["auto"] else [a.split(",") for a in args.at]
-    with model_file(args.model, args.example_shape, args.dynamo, print) as model:
+    with model_file(args.model, args.example_shape, args.dynamo, print, program=torch_segments) as model:
         bundle = split(
             model,
             args.output,
@@ -88,6 +90,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
             calibration=args.calibration,
             min_agreement=args.min_agreement,
             max_rel_error=args.max_rel_error,
+            finish=segments_from_file(program_file(model), print) if torch_segments else None,
         )
     print(f"wrote bundle {bundle.root} with splits: {', '.join(s.id for s in bundle.manifest.splits)}")
     return 0
@@ -101,7 +104,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from partitioner import parse_shapes, profile
 
     p = profile(args.model, backend=args.backend, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                shapes=parse_shapes(args.shape), log=_progress)
+                shapes=parse_shapes(args.shape), log=_progress, example_shapes=args.example_shape, dynamo=args.dynamo)
     p.save(args.output)
     print(f"wrote {args.output}: {p.summary()}")
     for n in sorted(p.nodes.values(), key=lambda n: -n.ms)[:5]:
@@ -248,6 +251,27 @@ def _cmd_bench_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from testbed.bench import format_report, parse_links, plot, run_bench
+
+    links = parse_links(args.link)  # a bad --link fails before the worker starts
+    result = run_bench(args.bundle, links, edge_cpu=None if args.edge_cpu == 0 else args.edge_cpu,
+                       requests=args.requests, warmup=args.warmup, codec=args.codec, threads=args.threads,
+                       worker_threads=args.worker_threads, share_weights=args.share_weights,
+                       command=shlex.join(["splitpoint", *sys.argv[1:]]),
+                       log=_progress)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot(result, args.plot)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from testbed.demo import run_demo
 
@@ -301,13 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rtt-ms", type=float, default=20.0,
                    help="round-trip time the --candidates auto bandwidth sweep assumes (default: 20)")
     _add_calibration(s)
+    s.add_argument("--no-torch-segments", action="store_true",
+                   help="for FILE.py:FACTORY: write ONNX segments only (by default each split is also cut from the "
+                   "module's own graph into PyTorch segments, checked against the ONNX ones, for "
+                   "EdgeRuntime(backend='torch'))")
     s.set_defaults(func=_cmd_split)
 
     s = sub.add_parser("profile", help="measure a model's per-node latency on this machine")
-    s.add_argument("model", help="ONNX model file")
+    _add_model(s, "ONNX or .tflite model file, or a PyTorch module as FILE.py:FACTORY (profiled as its ONNX export)")
     s.add_argument("-o", "--output", required=True, help="profile JSON to write")
-    s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "litert", "torch"],
-                   help="runtime to profile with (default: onnxruntime; litert and torch are not supported yet)")
+    s.add_argument("--backend", choices=["onnxruntime", "litert", "torch"],
+                   help="runtime to profile with (default: the model's own: onnxruntime for ONNX and PyTorch "
+                   "modules, litert for .tflite; torch: the module in PyTorch, on the nodes of its ONNX export)")
     s.add_argument("--threads", type=int, required=True,
                    help="intra-op threads, as the device or worker will run the model (e.g. 1 on a phone)")
     s.add_argument("--runs", type=int, default=20, help="timed runs; node times are their medians (default: 20)")
@@ -449,6 +478,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=5, help="rounds; each runs every backend in turn (default: 5)")
     s.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
     s.set_defaults(func=_cmd_bench_backends)
+
+    s = sub.add_parser(
+        "bench", help="measure local, cloud, every split and the adaptive runtime over emulated links",
+        description="Start `splitpoint serve BUNDLE` as a separate process, put an emulated link (a shaping proxy on "
+        "loopback, BANDWIDTH each way and RTT/2 delay each way) between it and this process, slow this process "
+        "(the edge) to --edge-cpu cores, and measure per link, strategies interleaved request by request: all-local, "
+        "all-cloud, every split in the bundle and the adaptive runtime (split='auto'; bundles made with --candidates "
+        "auto). Prints p50/p95 latency, bytes on the wire and edge CPU time per request, names the oracle (the fixed "
+        "strategy with the lowest measured p50) and the speedups over all-local and all-cloud. Progress goes to "
+        "stderr. See docs/operators.md.",
+    )
+    s.add_argument("bundle", help="bundle directory")
+    s.add_argument("--link", action="append", required=True, metavar="BANDWIDTH/RTT",
+                   help="an emulated link such as 20mbit/20ms (kbit, mbit, gbit; ms, s); repeatable, one run each")
+    s.add_argument("--edge-cpu", type=float, default=0.25, metavar="CORES",
+                   help="CPU quota of the edge in cores, as a cgroup quota when this process may make one, else "
+                   "pinned to one core (the method is recorded; default: 0.25; 0: no limit)")
+    s.add_argument("--requests", type=int, default=30, metavar="N",
+                   help="measured requests per strategy per link (default: 30)")
+    s.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="unmeasured requests per strategy per link first; the adaptive runtime learns the link "
+                   "during them (default: 3)")
+    s.add_argument("--codec", help="codec for the cut tensors of every strategy (default: the bundle's; the "
+                   "adaptive runtime's predictions assume the bundle's)")
+    s.add_argument("--threads", type=int, default=1, metavar="N", help="edge intra-op threads (default: 1)")
+    s.add_argument("--worker-threads", type=int, metavar="N",
+                   help="the worker's intra-op threads (default: onnxruntime's, one per core)")
+    s.add_argument("--share-weights", action="store_true",
+                   help="run the edge as EdgeRuntime does by default, each weight held once across sessions (less "
+                   "memory, slower convolutions; default: off, every strategy at onnxruntime's full speed)")
+    s.add_argument("--json", metavar="FILE",
+                   help="write the results: {links: [{link, strategies: {NAME: {p50_ms, p95_ms, bytes, ...}}, oracle}], "
+                   "machine}")
+    s.add_argument("--plot", metavar="FILE", help="draw latency per strategy per link to a PNG (matplotlib: the plot extra)")
+    s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="split a small CNN, serve it, kill and restart the worker, print a table")
     s.add_argument("--requests", type=int, default=40, help="requests per phase (default: 40)")

@@ -211,7 +211,8 @@ def decode(
         if dtype.kind == "b" and (out.reshape(-1).view(np.uint8) > 1).any():
             raise _fail(name, "BOOL data holds bytes other than 0 and 1")
     elif codec.lossy == "fp16":
-        out[...] = np.frombuffer(payload, "<f2").reshape(shape)
+        with np.errstate(invalid="ignore"):  # NaN payloads are data; ml_dtypes warns casting them to bfloat16
+            out[...] = np.frombuffer(payload, "<f2").reshape(shape)
     else:
         _dequantise(payload, out, _channel_axis(shape) if codec.lossy == "int8-channel" else None, name)
     return out

@@ -13,7 +13,7 @@ edge can import this without onnx or networkx.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from splitpoint.errors import SplitpointError
@@ -100,6 +100,17 @@ class SplitCost:
             return Breakdown(self.edge_ms, 0.0, 0.0)
         transfer = link.transfer_ms(self.sent_bytes + self.response_bytes) + link.rtt_ms
         return Breakdown(self.edge_ms + self.encode_ms, transfer, self.decode_ms + self.cloud_ms)
+
+    def scaled(self, edge: float = 1.0, cloud: float = 1.0) -> SplitCost:
+        """This split on an edge ``edge`` times and a worker ``cloud`` times as slow as profiled."""
+        return replace(
+            self,
+            edge_ms=self.edge_ms * edge,
+            encode_ms=self.encode_ms * edge,
+            local_suffix_ms=self.local_suffix_ms * edge,
+            cloud_ms=self.cloud_ms * cloud,
+            decode_ms=self.decode_ms * cloud,
+        )
 
     def latency_ms(self, link: Link) -> float:
         """Predicted end-to-end latency of one call over ``link``."""

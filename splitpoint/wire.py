@@ -116,13 +116,17 @@ def _read_tensors(
     tensors: Sequence[Any], raw: Sequence[bytes], what: str, max_bytes: int
 ) -> dict[str, np.ndarray]:
     if len(raw) != len(tensors):
-        raise WireError(f"{what}: {len(tensors)} tensors but {len(raw)} raw contents (all tensors must be raw)")
+        typed = [t.name for t in tensors if t.HasField("contents")]
+        if typed:
+            raise WireError(f"tensor {typed[0]!r}: typed contents are not accepted; send every tensor's bytes raw")
+        raise WireError(f"{what}: {len(tensors)} tensors {[t.name for t in tensors][:8]} but {len(raw)} raw contents "
+                        "(every tensor must have raw contents, in order)")
     out: dict[str, np.ndarray] = {}
     budget = max_bytes  # for the whole message, not per tensor
     for t, data in zip(tensors, raw):
         if t.name in out:
             raise WireError(f"tensor {t.name!r} appears twice")
-        if t.HasField("contents"):
+        if t.contents.ListFields():  # an empty contents message carries nothing: MLServer sends one beside raw outputs
             raise WireError(f"tensor {t.name!r}: typed contents given together with raw contents")
         try:
             dtype = dtypes.from_oip(t.datatype)

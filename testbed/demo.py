@@ -70,6 +70,15 @@ def start_worker(
     return proc
 
 
+def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM (the worker drains), then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @dataclass
 class Phase:
     name: str
@@ -175,11 +184,7 @@ def run_demo(requests: int = 40, workdir: str | None = None) -> int:
             _run(rt, local, phases[-1], requests, rng)
             counters, codec = rt.counters, rt.codec.spec
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)
         if tmp is not None:
             tmp.cleanup()
 

@@ -10,12 +10,27 @@ aborted). Everything can change while traffic flows.
         rt = EdgeRuntime(bundle, cloud=link.address)
         link.set(bandwidth_bps=1e6)      # the link gets slow
         link.blackhole(True)             # the link goes dark
+
+It also runs as a process of its own, so that its copying does not share a
+Python interpreter (and its GIL) with the edge it shapes:
+
+    python -m testbed.linkproxy 127.0.0.1:8500 --bandwidth-mbit 10 --delay-ms 15
+
+It prints its address on the first line and then takes commands on stdin,
+one per line: ``bandwidth MBIT`` (``bandwidth none`` lifts the limit),
+``delay MS``, ``jitter MS``, ``blackhole on|off``, ``reset``; each is
+acknowledged with ``ok`` (or ``error: ...``) on stdout. ``bytes`` is answered
+``ok UP DOWN``: the bytes delivered each way so far.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -143,6 +158,8 @@ class LinkProxy:
                 self._pump(client_r, server_w, self._up, "bytes_up"),
                 self._pump(server_r, client_w, self._down, "bytes_down"),
             )
+        except asyncio.CancelledError:  # stop(): end quietly (asyncio's stream callback would log a cancelled task)
+            pass
         finally:
             for w in (client_w, server_w):
                 self._writers.discard(w)
@@ -177,3 +194,103 @@ class LinkProxy:
             except (ConnectionError, OSError):
                 pass
             writer.transport.abort()
+
+
+class LinkProcess:
+    """A ``LinkProxy`` in a process of its own, driven through its stdin.
+
+    For benchmarks that slow down their own process (``testbed.device``) or
+    that must not share their interpreter's GIL with the link.
+    """
+
+    def __init__(self, target: str, bandwidth_bps: float | None = None, delay_ms: float = 0.0):
+        argv = [sys.executable, "-m", "testbed.linkproxy", target, "--delay-ms", str(delay_ms)]
+        if bandwidth_bps:
+            argv += ["--bandwidth-mbit", str(bandwidth_bps / 1e6)]
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = self._proc.stdout.readline()  # type: ignore[union-attr]
+        if not first.startswith("linkproxy listening on "):
+            self.close()
+            raise RuntimeError(f"the link proxy process did not start: {first!r}")
+        self.address = first.split()[-1]
+
+    def command(self, line: str) -> str:
+        """Send one control line (see the module docstring); its answer after ``ok``; ValueError if refused."""
+        self._proc.stdin.write(line + "\n")  # type: ignore[union-attr]
+        self._proc.stdin.flush()  # type: ignore[union-attr]
+        answer = self._proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if answer.split(" ", 1)[0] != "ok":
+            raise ValueError(answer)
+        return answer[3:]
+
+    def bytes(self) -> tuple[int, int]:
+        """Bytes delivered so far: edge to worker, worker to edge."""
+        up, down = self.command("bytes").split()
+        return int(up), int(down)
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+    def __enter__(self) -> LinkProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def command(link: LinkProxy, line: str) -> str | None:
+    """Apply one control line (see the module docstring) to ``link``; a query's answer."""
+    words = line.split()
+    match words:
+        case ["bandwidth", "none"]:
+            link.set(bandwidth_bps=None)
+        case ["bandwidth", mbit]:
+            link.set(bandwidth_bps=float(mbit) * 1e6)
+        case ["delay", ms]:
+            link.set(delay_ms=float(ms))
+        case ["jitter", ms]:
+            link.set(jitter_ms=float(ms))
+        case ["blackhole", ("on" | "off") as state]:
+            link.blackhole(state == "on")
+        case ["reset"]:
+            link.reset()
+        case ["bytes"]:
+            return f"{link.bytes_up} {link.bytes_down}"
+        case _:
+            raise ValueError(
+                f"unknown command {line.strip()!r}: bandwidth MBIT|none, delay MS, jitter MS, blackhole on|off, reset, bytes"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description="Shape the TCP traffic to TARGET: bandwidth, one-way delay, jitter; "
+        "then change it with commands on stdin (see testbed/linkproxy.py)."
+    )
+    ap.add_argument("target", help="HOST:PORT to forward to")
+    ap.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to accept on (default: a free loopback port)")
+    ap.add_argument("--bandwidth-mbit", type=float, default=None, help="each direction's bandwidth (default: unlimited)")
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay")
+    ap.add_argument("--jitter-ms", type=float, default=0.0, help="uniform jitter added to the delay")
+    args = ap.parse_args()
+    bandwidth = args.bandwidth_mbit * 1e6 if args.bandwidth_mbit else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with LinkProxy(args.target, bandwidth, args.delay_ms, args.jitter_ms, listen=args.listen) as link:
+        print(f"linkproxy listening on {link.address}", flush=True)
+        try:
+            for line in sys.stdin:
+                if not line.strip():
+                    continue
+                try:
+                    answer = command(link, line)
+                    print("ok" if answer is None else f"ok {answer}", flush=True)
+                except ValueError as e:
+                    print(f"error: {e}", flush=True)
+            threading.Event().wait()  # stdin closed: keep shaping until terminated
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -116,12 +116,23 @@ def _randomized(module: nn.Module, seed: int) -> nn.Module:
     return module.eval()
 
 
-def resnet_like(width: int = 16, seed: int = 0) -> nn.Module:
-    return _randomized(ResNetLike(width), seed)
+def resnet_like(width: int = 16, seed: int = 0, num_classes: int = 10) -> nn.Module:
+    """``width=64, num_classes=1000`` is ResNet-18's architecture."""
+    return _randomized(ResNetLike(width, num_classes), seed)
 
 
-def mobilenet_v2_like(seed: int = 0) -> nn.Module:
-    return _randomized(MobileNetV2Like(), seed)
+class MobileNetV2(MobileNetV2Like):
+    """MobileNetV2 (width 1.0) as in the paper's table: 3.5 M parameters, 1000 classes by default."""
+
+    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__(num_classes, stem=32, last=1280)
+
+
+def mobilenet_v2_like(seed: int = 0, full_size: bool = False) -> nn.Module:
+    """The trimmed, narrow net for tests; ``full_size``: MobileNetV2 itself."""
+    return _randomized(MobileNetV2() if full_size else MobileNetV2Like(), seed)
 
 
 def export_onnx(

@@ -1,4 +1,4 @@
-"""The torch backend: TorchScript files with splitpoint specs, run like the other sessions."""
+"""The torch backend: TorchScript files and torch.export programs with splitpoint specs, run like the other sessions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from splitpoint.backends import load_session, save_torchscript  # noqa: E402
+from splitpoint.backends import load_session, save_exported, save_torchscript  # noqa: E402
 from splitpoint.bundle import TensorSpec  # noqa: E402
 from splitpoint.compare import difference  # noqa: E402
 from splitpoint.errors import SplitpointError  # noqa: E402
@@ -71,4 +71,44 @@ def test_missing_input_and_bad_files_are_one_clear_error(scripted, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a zip archive")
     with pytest.raises(SplitpointError, match="junk.pt: torch cannot load it as TorchScript"):
+        load_session(junk)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A torch.export program with a dynamic batch, as PyTorch segments are saved."""
+    module = TwoOutputs().eval()
+    path = tmp_path_factory.mktemp("torch") / "two.pt2"
+    program = torch.export.export(module, (torch.randn(2, 3, 8, 8), torch.ones(1)),
+                                  dynamic_shapes=({0: torch.export.Dim.AUTO}, None))
+    save_exported(program, path, SPECS_IN, SPECS_OUT)
+    return module, program, path
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_exported_program_runs_at_any_batch_with_names_from_its_specs(exported, batch):
+    module, _, path = exported
+    session = load_session(path)
+    assert session.backend == "torch" and session.inputs == SPECS_IN and session.outputs == SPECS_OUT
+    x = {"image": np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32),
+         "scale": np.array([1.5], np.float32)}
+    with torch.no_grad():
+        want = module(torch.from_numpy(x["image"]), torch.from_numpy(x["scale"]))
+    got = session.run(x)
+    assert got["pooled"].shape == (batch, 4)
+    assert difference({"features": want[0].numpy(), "pooled": want[1].numpy()}, got).ok
+
+
+def test_exported_program_errors_name_the_file_and_the_fix(exported, tmp_path):
+    _, program, path = exported
+    with pytest.raises(SplitpointError, match=r"two.pt2: torch failed: .*size"):  # the program's shape guard
+        load_session(path).run({"image": np.zeros((1, 3, 9, 8), np.float32), "scale": np.ones(1, np.float32)})
+    bare = tmp_path / "bare.pt2"
+    torch.export.save(program, str(bare))
+    with pytest.raises(SplitpointError, match=r"bare.pt2: no tensor specs in the archive; save it with "
+                                              r"splitpoint.backends.save_exported"):
+        load_session(bare)
+    junk = tmp_path / "junk.pt2"
+    junk.write_bytes(b"not a zip archive")
+    with pytest.raises(SplitpointError, match="junk.pt2: torch cannot load it as a torch.export program"):
         load_session(junk)

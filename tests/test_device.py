@@ -27,6 +27,15 @@ def test_quarter_core_takes_four_times_as_long():
     assert _burn(0.1) < 0.2  # and back at full speed afterwards
 
 
+def test_a_short_call_is_slowed_too():
+    """An inference of a few ms must feel the quota, not run at full speed inside one long period."""
+    with CpuLimit(0.25) as limit:
+        if not limit.method.startswith("cgroup"):
+            pytest.skip(f"no cgroup CPU quota on this machine ({limit.method})")
+        walls = sorted(_burn(0.008) for _ in range(7))
+    assert walls[3] > 0.020, (walls, limit.method)  # 8 ms of CPU at a quarter core: about 32 ms
+
+
 def test_bad_quota():
     with pytest.raises(ValueError):
         CpuLimit(0)

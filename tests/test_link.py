@@ -81,3 +81,16 @@ def test_exact_observations_never_overshoot_and_converge(bw, rtt, sizes):
     for _ in range(20):
         est.observe_transfer(big, _transfer(big, bw, rtt))
     assert est.estimate().bandwidth_bps == pytest.approx(bw, rel=1e-3)
+
+
+def test_a_timeout_caps_the_estimate():
+    """A link that became too slow for the deadline: requests time out, and that alone must tell."""
+    est = LinkEstimator()
+    est.observe_rtt(10.0)
+    est.observe_transfer(100_000, _transfer(100_000, 100e6, 10.0))
+    est.observe_timeout(300_000, 1000.0)  # 300 KB not across in a second: at most 2.4 Mbit/s
+    assert est.estimate().bandwidth_bps == pytest.approx(2.4e6)
+    est.observe_timeout(300_000, 100.0)  # a looser ceiling does not raise it
+    assert est.estimate().bandwidth_bps == pytest.approx(2.4e6)
+    est.observe_transfer(100_000, _transfer(100_000, 50e6, 10.0))  # answered again: the estimate recovers
+    assert est.estimate().bandwidth_bps > 5e6

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from testbed.linkproxy import LinkProxy
+from testbed.linkproxy import LinkProcess, LinkProxy
 
 
 class _Sink(socketserver.BaseRequestHandler):
@@ -80,3 +80,19 @@ def test_blackhole_answers_nothing_and_reset_aborts(sink):
                 s.sendall((3).to_bytes(4, "big") + b"abc")
                 if not s.recv(2):
                     raise ConnectionResetError("closed")
+
+
+def test_link_process_shapes_and_takes_commands(sink):
+    """The proxy as a process of its own: the same shaping, changed by commands on its stdin."""
+    with LinkProcess(sink, bandwidth_bps=8e6) as link:
+        slow = _send(link.address, 500_000)
+        link.command("bandwidth none")
+        link.command("delay 0")
+        fast = _send(link.address, 500_000)
+        with pytest.raises(ValueError, match="unknown command 'bandwidth fast please'"):
+            link.command("bandwidth fast please")
+        link.command("blackhole on")
+        with pytest.raises(socket.timeout):
+            _send(link.address, 10, timeout=0.5)
+    assert slow == pytest.approx(0.5, rel=0.10), slow  # 0.5 MB at 8 Mbit/s
+    assert fast < slow / 3, (fast, slow)

@@ -6,6 +6,7 @@ import pytest
 
 from edge.link import LinkEstimate
 from edge.policy import Explore, LowestPredicted, Pinned
+from edge.speed import Speed, SpeedEstimator
 from splitpoint.cost import SplitCost
 
 # A prefix that shrinks the data 20x but costs edge time, against sending raw inputs.
@@ -47,11 +48,35 @@ def test_hysteresis_prevents_flapping_near_a_tie():
     assert p.choose(est(460)) == "cloud"  # and it stays there near the tie
 
 
-def test_explore_sends_one_in_every_n_while_local():
+def test_explore_asks_for_one_probe_in_every_n_while_local():
     p = Explore(LowestPredicted(COSTS, start="local", hysteresis=0.0), probe_split="mid", every=5)
-    choices = [p.choose(est(0.1)) for _ in range(15)]
-    assert choices.count("mid") == 3 and choices[4] == "mid" and p.current == "local"
-    assert p.choose(est(1000)) == "cloud"
+    choices, probes = [], []
+    for _ in range(15):
+        choices.append(p.choose(est(0.1)))
+        probes.append(p.take_probe())
+    assert choices == ["local"] * 15 and p.current == "local"  # the requests themselves stay local
+    assert probes.count("mid") == 3 and probes[0] == probes[5] == "mid" and probes[4] is None  # at once, then every 5
+    assert p.take_probe() is None  # a probe is taken once
+    assert p.choose(est(1000)) == "cloud" and p.take_probe() is None
+    assert Pinned("mid").take_probe() is None and LowestPredicted(COSTS, start="mid").take_probe() is None
+
+
+def test_lowest_predicted_scales_compute_by_the_measured_speed():
+    """At 20 Mbit/s "mid" wins as profiled; on an edge 10x faster than profiled, local (4 ms) does."""
+    assert LowestPredicted(COSTS, start="mid", hysteresis=0.0).choose(est(20)) == "mid"
+    fast_edge = LowestPredicted(COSTS, start="mid", hysteresis=0.0, speed=lambda: Speed(edge=0.1))
+    assert fast_edge.choose(est(20)) == "local"
+    slow_cloud = LowestPredicted(COSTS, start="mid", hysteresis=0.0, speed=lambda: Speed(cloud=10.0))
+    assert slow_cloud.predicted(est(1000))["cloud"] == pytest.approx(50.0 + 500_040 * 8 / 1e9 * 1e3 + 10.0)
+
+
+def test_speed_estimator_follows_the_measured_ratio():
+    s = SpeedEstimator(alpha=0.5)
+    assert s.estimate() == Speed(1.0, 1.0)
+    for _ in range(12):
+        s.observe("edge", 10.0, 40.0)  # a device 4x slower than its profile
+        s.observe("cloud", 0.1, 50.0)  # too small a prediction to compare: ignored
+    assert s.estimate().edge == pytest.approx(4.0, rel=0.01) and s.estimate().cloud == 1.0
 
 
 def test_bad_configuration_is_refused():

@@ -107,11 +107,21 @@ def test_nodes_with_bodies_and_without_names(tmp_path: Path) -> None:
     assert p.nodes[1].ms > 0
 
 
-@pytest.mark.parametrize(("backend", "message"), [("litert", "--backend litert: not supported yet"),
-                                                  ("torch", "--backend torch: not supported yet")])
-def test_other_backends_are_not_supported_yet(demo_model: Path, backend: str, message: str) -> None:
-    with pytest.raises(PartitionError, match=message):
+@pytest.mark.parametrize(("backend", "message"), [
+    ("litert", "--backend litert: democnn.onnx is an ONNX model; profile it with --backend onnxruntime"),
+    ("torch", "--backend torch profiles a PyTorch module: give the model as FILE.py:FACTORY with --example-shape, "
+              "not democnn.onnx"),
+    ("tvm", "--backend tvm: unknown backend; use one of onnxruntime, litert, torch"),
+])
+def test_a_backend_that_cannot_run_the_model_is_refused(demo_model: Path, backend: str, message: str) -> None:
+    with pytest.raises(PartitionError) as e:
         profile(demo_model, backend=backend)
+    assert str(e.value) == message
+
+
+def test_example_shapes_are_for_modules_only(demo_model: Path) -> None:
+    with pytest.raises(PartitionError, match="--example-shape and --dynamo are for PyTorch modules"):
+        profile(demo_model, example_shapes=["1,3,64,64"])
 
 
 def test_cli_profile(demo_model: Path, tmp_path: Path, capsys) -> None:
@@ -121,6 +131,6 @@ def test_cli_profile(demo_model: Path, tmp_path: Path, capsys) -> None:
     assert f"wrote {out}: onnxruntime" in printed.out
     assert "profiled 3/3 runs" in printed.err  # progress goes to stderr
     assert Profile.load(out).threads == 1
-    assert main(["profile", str(demo_model), "--threads", "1", "--backend", "torch", "-o", str(out)]) == 2
+    assert main(["profile", str(demo_model), "--threads", "1", "--backend", "litert", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "error: --backend torch: not supported yet; use onnxruntime"
+    assert err[-1] == "error: --backend litert: democnn.onnx is an ONNX model; profile it with --backend onnxruntime"

@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as tc
 
 from cloud.repository import SessionSettings
+from splitpoint.backends import OrtSession, ort_providers
 from splitpoint.bundle import MANIFEST, Bundle, segment_model_name
 from splitpoint.errors import SplitpointError
 
@@ -51,10 +52,9 @@ def test_a_directory_serves_every_bundle_in_it_beside_explicit_ones(worker_facto
         x = tc.InferInput("image", list(image["image"].shape), "FP32")
         x.set_data_from_numpy(image["image"])
         got = client.infer("cnn-b.cloud", [x]).as_numpy("logits")
-    # the same answer as an onnxruntime session with the same options (other levels fuse differently)
-    local = ort.InferenceSession(str(Bundle(second).path(Bundle(second).manifest.split("cloud").cloud_file)),
-                                 SessionSettings(1, "basic").session_options(), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(got, local.run(["logits"], image)[0])
+    # the same answer as a session with the same options (other levels fuse differently)
+    local = OrtSession(Bundle(second).path(Bundle(second).manifest.split("cloud").cloud_file), 1, graph_opt="basic")
+    np.testing.assert_array_equal(got, local.run(image)["logits"])
     log = w.log_text()
     assert "model cnn-a.cloud: onnxruntime on CPUExecutionProvider, graph optimisation basic, 1 intra-op threads" in log
 
@@ -77,14 +77,21 @@ def test_flag_problems_are_one_line_errors_naming_the_flag(demo_bundle):
         assert "--providers" in message and "'cuda'" in message and "CPUExecutionProvider" in message
 
 
-def test_sessions_never_spin_and_prefer_cuda_when_present():
-    settings = SessionSettings()
-    options = settings.session_options()
+def test_one_session_wrapper_takes_every_option_never_spins_and_prefers_cuda(demo_bundle):
+    path = Bundle(demo_bundle).model_path()
+    session = SessionSettings(threads=1, graph_opt="basic").open(path)
+    assert isinstance(session, OrtSession)
+    options = session.options
     for entry in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
         assert options.get_session_config_entry(entry) == "0"
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert options.intra_op_num_threads == 1
     available = ort.get_available_providers()
     want = (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
-    assert settings.resolved_providers() == want
-    assert SessionSettings(providers=("CPUExecutionProvider",)).resolved_providers() == ["CPUExecutionProvider"]
-    with pytest.raises(SplitpointError, match="--graph-opt"):
-        SessionSettings(graph_opt="most").session_options()
+    assert ort_providers(None) == want and session.providers == want
+    assert ort_providers(["cpu"]) == ["CPUExecutionProvider"]
+    assert OrtSession(path).providers == ["CPUExecutionProvider"]  # the edge's default: the CPU alone
+    with pytest.raises(SplitpointError, match="--graph-opt.*'most'"):
+        SessionSettings(graph_opt="most")
+    with pytest.raises(SplitpointError, match="--providers.*'tpu'.*CPUExecutionProvider"):
+        SessionSettings(providers=("tpu",))

@@ -2,8 +2,8 @@
 
 Segments are .tflite flatbuffers cut from the main subgraph, golden outputs
 and measurements come from LiteRT, and the full model is copied into the
-bundle byte for byte. Pricing (``--candidates auto``, profiles) is ONNX-only
-for now.
+bundle byte for byte. Splits are priced (``--candidates auto``, ``plan``)
+from LiteRT profiles (``partitioner.profile_litert``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from partitioner.tflite.view import with_constants
 @dataclass
 class TfliteFormat:
     name: ClassVar[str] = "TFLite"
-    prices: ClassVar[bool] = False
     model_file: ClassVar[str] = "model" + SUFFIX
     suffix: ClassVar[str] = SUFFIX
     engine_note: ClassVar[str] = " in LiteRT"

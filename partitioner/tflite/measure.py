@@ -9,19 +9,15 @@ Shapes in manifests keep dynamic dimensions (-1 in the shape signature) unknown.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper
 
 from partitioner.measure import TensorFacts, TensorTable
-from partitioner.tflite.flatbuffer import ints, numpy_name, serialize
-from partitioner.tflite.segment import extract
-from partitioner.tflite.source import BACKEND, TfliteSource
+from partitioner.tflite.flatbuffer import numpy_name
+from partitioner.tflite.source import TfliteSource
 from partitioner.tflite.view import MAIN, symbolic_shape
-from splitpoint.backends import load_session
 
 
 def measure(source: TfliteSource, names: Iterable[str], computed: Mapping[str, np.ndarray]) -> TensorTable:
@@ -30,7 +26,7 @@ def measure(source: TfliteSource, names: Iterable[str], computed: Mapping[str, n
     names = list(dict.fromkeys(names))
     sendable = [n for n in names if numpy_name(main.tensors[source.index(n)].type) is not None]
     values = dict(computed)
-    values.update(_run_exposing(source, [n for n in sendable if n not in values], computed))
+    values.update(source.values([n for n in sendable if n not in values], computed))
     facts = {}
     for name in names:
         tensor = main.tensors[source.index(name)]
@@ -42,17 +38,3 @@ def measure(source: TfliteSource, names: Iterable[str], computed: Mapping[str, n
         facts[name] = TensorFacts(elem_type, tuple(symbolic_shape(tensor)), math.prod(value.shape) * value.itemsize)
     return TensorTable(facts, {})
 
-
-def _run_exposing(source: TfliteSource, names: list[str], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the whole model with ``names`` added to its outputs."""
-    if not names:
-        return {}
-    main = source.model.subgraphs[MAIN]
-    outputs = list(dict.fromkeys([*ints(main.outputs), *map(source.index, names)]))
-    exposed = extract(source.model, source.keys, range(len(main.operators)), ints(main.inputs), outputs)
-    with tempfile.TemporaryDirectory(prefix="splitpoint-") as tmp:
-        path = Path(tmp) / "exposed.tflite"
-        path.write_bytes(serialize(exposed))
-        session = load_session(path, backend=BACKEND)
-        results = session.run({s.name: inputs[s.name] for s in session.inputs})
-    return {n: results[n] for n in names}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,7 +12,8 @@ from partitioner.errors import PartitionError
 from partitioner.golden import Tensors, sample_inputs
 from partitioner.graph import GraphView
 from partitioner.shapes import concrete_input_shapes
-from partitioner.tflite.flatbuffer import ints, numpy_name, read_model, schema, tensor_name, type_name
+from partitioner.tflite.flatbuffer import ints, numpy_name, read_model, schema, serialize, tensor_name, type_name
+from partitioner.tflite.segment import extract
 from partitioner.tflite.view import MAIN, graph_view, tensor_keys
 from splitpoint.backends import load_session
 
@@ -51,6 +53,20 @@ class TfliteSource:
     @property
     def compute_nodes(self) -> int:
         return len(self.view.order)
+
+    def values(self, names: list[str], inputs: Tensors) -> Tensors:
+        """The main-subgraph tensors ``names`` on ``inputs``, from one LiteRT run of the model with them as outputs."""
+        if not names:
+            return {}
+        main = self.model.subgraphs[MAIN]
+        outputs = list(dict.fromkeys([*ints(main.outputs), *map(self.index, names)]))
+        exposed = extract(self.model, self.keys, range(len(main.operators)), ints(main.inputs), outputs)
+        with tempfile.TemporaryDirectory(prefix="splitpoint-") as tmp:
+            path = Path(tmp) / "exposed.tflite"
+            path.write_bytes(serialize(exposed))
+            session = load_session(path, backend=BACKEND)
+            results = session.run({s.name: inputs[s.name] for s in session.inputs})
+        return {n: results[n] for n in names}
 
     def golden_cases(self, count: int) -> list[tuple[Tensors, Tensors]]:
         """``count`` seeded inputs and the full model's outputs on them, from LiteRT."""

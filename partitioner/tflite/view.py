@@ -77,8 +77,15 @@ def _mirror(model: schema.ModelT, index: int, enclosing: frozenset[int]) -> onnx
         f"subgraph_{index}",
         [_value_info(keys[i], g.tensors[i]) for i in inputs],
         [onnx.ValueInfoProto(name=keys[i]) for i in ints(g.outputs)],
-        initializer=[onnx.TensorProto(name=keys[i]) for i in range(len(keys)) if i not in produced and i not in inputs],
+        initializer=[_initializer(keys[i], g.tensors[i]) for i in range(len(keys)) if i not in produced and i not in inputs],
     )
+
+
+def _initializer(key: str, tensor: schema.TensorT) -> onnx.TensorProto:
+    """A constant's type and shape without its values: enough for the edge memory estimate."""
+    name = numpy_name(tensor.type)
+    elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(name)) if name else onnx.TensorProto.UNDEFINED
+    return onnx.TensorProto(name=key, dims=ints(tensor.shape), data_type=elem_type)
 
 
 def _value_info(key: str, tensor: schema.TensorT) -> onnx.ValueInfoProto:
