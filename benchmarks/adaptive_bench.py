@@ -89,9 +89,14 @@ def main() -> None:
         try:
             with contextlib.ExitStack() as stack:
                 link = stack.enter_context(LinkProcess(f"127.0.0.1:{port}"))
-                auto = stack.enter_context(EdgeRuntime(bundle, cloud=link.address, split="auto", threads=1))
+                # Without shared weights: sharing turns off onnxruntime's NCHWc layout pass (convolutions
+                # ~20 % slower) in every runtime that loads more than one session, which all but pinned
+                # "local" do; the comparison would be about that, not about the choice of split.
+                auto = stack.enter_context(EdgeRuntime(bundle, cloud=link.address, split="auto", threads=1,
+                                                       share_weights=False))
                 fixed = {
-                    s: stack.enter_context(EdgeRuntime(bundle, cloud=link.address, split=s, threads=1, deadline_ms=60_000))
+                    s: stack.enter_context(EdgeRuntime(bundle, cloud=link.address, split=s, threads=1, deadline_ms=60_000,
+                                                       share_weights=False))
                     for s in auto.policy.candidates
                 }
                 strategies = {"adaptive": auto, **{f"split:{s}": rt for s, rt in fixed.items()}}

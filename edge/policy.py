@@ -56,7 +56,7 @@ class LowestPredicted:
     """The candidate whose predicted latency on the estimated link is lowest.
 
     ``hysteresis`` is the fraction by which a candidate must beat the current
-    one to take over (0.15: 15 % faster). Until the link has been measured the
+    one to take over (0.1: 10 % faster). Until the link has been measured the
     ``start`` split is used. ``speed``, when given, says how much slower than
     profiled the edge and the worker compute now (``edge.speed``); the
     predicted compute times are scaled by it.
@@ -66,7 +66,7 @@ class LowestPredicted:
         self,
         costs: Mapping[str, SplitCost],
         start: str,
-        hysteresis: float = 0.15,
+        hysteresis: float = 0.1,
         speed: Callable[[], Speed] | None = None,
     ):
         if start not in costs:
@@ -103,7 +103,7 @@ class Explore:
     """While ``policy`` keeps requests local, ask for a probe through ``probe_split`` every ``every`` requests,
     starting with the first."""
 
-    def __init__(self, policy: SplitPolicy, probe_split: str, every: int = 10):
+    def __init__(self, policy: SplitPolicy, probe_split: str, every: int = 5):
         if every < 2:
             raise ValueError(f"every must be at least 2, got {every}")
         if probe_split not in policy.candidates:

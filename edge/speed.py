@@ -4,14 +4,16 @@ Predicted costs come from profiles taken once. A phone that heats up, a kiosk
 busy drawing its UI, a worker under load: each runs at another speed than it
 was profiled at, and a split policy comparing stale edge times with fresh
 link measurements picks the wrong split. Every answered request compares the
-compute time it measured with the time predicted for it; the ratios,
-smoothed in the log domain, scale the predictions the policy compares.
+compute time it measured with the time predicted for it; the recent ratios'
+median scales the predictions the policy compares.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -24,28 +26,30 @@ class Speed:
 
 
 class SpeedEstimator:
-    """Smoothed ratios of measured to predicted compute time, for the edge and for the worker.
+    """Ratios of measured to predicted compute time, for the edge and for the worker.
 
-    ``alpha`` weighs the newest sample. Predictions under ``min_ms`` are not
-    compared: timer and scheduling noise would dominate the ratio.
+    Each side's speed is the median of its last ``window`` ratios: a worker
+    that stalls now and then on a busy machine (spikes of several times its
+    usual time) must not make every split through it look slow, while a
+    lasting change shows once it fills half the window. Predictions under
+    ``min_ms`` are not compared: timer and scheduling noise would dominate.
     """
 
-    def __init__(self, alpha: float = 0.3, min_ms: float = 0.5):
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-        self.alpha = alpha
+    def __init__(self, window: int = 9, min_ms: float = 0.5):
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
         self.min_ms = min_ms
-        self._log = {"edge": 0.0, "cloud": 0.0}
+        self._ratios = {"edge": deque(maxlen=window), "cloud": deque(maxlen=window)}
         self._lock = threading.Lock()
 
     def observe(self, side: str, predicted_ms: float, measured_ms: float) -> None:
         """One compute time measured on ``side`` ("edge" or "cloud") where ``predicted_ms`` was expected."""
         if predicted_ms < self.min_ms or not measured_ms > 0 or not math.isfinite(measured_ms):
             return
-        sample = math.log(measured_ms / predicted_ms)
         with self._lock:
-            self._log[side] = (1 - self.alpha) * self._log[side] + self.alpha * sample
+            self._ratios[side].append(measured_ms / predicted_ms)
 
     def estimate(self) -> Speed:
         with self._lock:
-            return Speed(math.exp(self._log["edge"]), math.exp(self._log["cloud"]))
+            edge, cloud = (statistics.median(r) if r else 1.0 for r in (self._ratios["edge"], self._ratios["cloud"]))
+        return Speed(edge, cloud)

@@ -218,9 +218,9 @@ def test_auto_split_leaves_a_link_too_slow_for_the_deadline(priced_bundle, worke
 
 
 def test_auto_split_corrects_predictions_with_the_measured_speed(priced_bundle, worker_factory, local):
-    """Profiled on a device ~100x slower than this one: splitting at pool.out looks best until the
-    runtime measures its prefix, then the scaled prediction says local (a few ms, against a 20 ms
-    round trip), and local it goes."""
+    """Profiled on a device ~100x slower than this one: a split looks best until the runtime
+    measures a prefix, then the scaled prediction says local (a few ms, against a 20 ms round
+    trip), and local it goes."""
     import json
 
     m = json.loads((priced_bundle / "manifest.json").read_text())
@@ -238,7 +238,7 @@ def test_auto_split_corrects_predictions_with_the_measured_speed(priced_bundle, 
         for x in _images(12):
             assert difference(local.infer(x), rt.infer(x)).ok
             splits.append(rt.last_trace.split)
-        assert "pool.out" in splits and rt.speed.estimate().edge < 0.2, (splits, rt.speed.estimate())
+        assert splits[0] != "local" and rt.speed.estimate().edge < 0.2, (splits, rt.speed.estimate())
         assert splits[-1] == "local" and rt.split.id == "local", splits
 
 
@@ -280,7 +280,7 @@ def test_auto_split_follows_a_link_that_changes(priced_bundle, worker_factory, l
             slow_phase.append((rt.last_trace.path, rt.last_trace.total_ms))
         assert {path for path, _ in slow_phase} == {"local"} and max(ms for _, ms in slow_phase) < 500, slow_phase
         link.set(bandwidth_bps=100e6)
-        # A background probe every 10 local requests sees the link came back (once the probe still
+        # A background probe every 5 local requests sees the link came back (once the probe still
         # crawling through the slow link, about a second, is done): requests at 50 per second.
         run_until("pool.out", 150, every_s=0.02)
         assert rt.counters.probes >= 1 and rt.counters.requests == sum(

@@ -70,13 +70,17 @@ def test_lowest_predicted_scales_compute_by_the_measured_speed():
     assert slow_cloud.predicted(est(1000))["cloud"] == pytest.approx(50.0 + 500_040 * 8 / 1e9 * 1e3 + 10.0)
 
 
-def test_speed_estimator_follows_the_measured_ratio():
-    s = SpeedEstimator(alpha=0.5)
+def test_speed_estimator_follows_a_lasting_change_not_spikes():
+    s = SpeedEstimator(window=9)
     assert s.estimate() == Speed(1.0, 1.0)
-    for _ in range(12):
+    for i in range(12):
         s.observe("edge", 10.0, 40.0)  # a device 4x slower than its profile
         s.observe("cloud", 0.1, 50.0)  # too small a prediction to compare: ignored
-    assert s.estimate().edge == pytest.approx(4.0, rel=0.01) and s.estimate().cloud == 1.0
+        s.observe("cloud", 20.0, 200.0 if i % 4 == 0 else 20.0)  # a worker that stalls now and then
+    assert s.estimate().edge == pytest.approx(4.0) and s.estimate().cloud == pytest.approx(1.0)
+    for _ in range(5):
+        s.observe("cloud", 20.0, 60.0)  # now lastingly 3x slower: seen within half a window
+    assert s.estimate().cloud == pytest.approx(3.0)
 
 
 def test_bad_configuration_is_refused():
