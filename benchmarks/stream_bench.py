@@ -54,8 +54,8 @@ def _median_ms(fn: Callable[[], object], n: int = 20) -> float:
     return statistics.median(times)
 
 
-def balanced_bundle(root: Path, size: int, codec: str) -> tuple[Path, str, float, float, int]:
-    """The split whose prefix and suffix times are closest.
+def balanced_bundle(root: Path, size: int, codec: str, only: str | None = None) -> tuple[Path, str, float, float, int]:
+    """The split whose prefix and suffix times are closest (or the split ``only``).
 
     Returns the bundle, the split id, the edge stage (prefix + encode), the
     worker's decoding time and the request's size in bytes.
@@ -67,7 +67,7 @@ def balanced_bundle(root: Path, size: int, codec: str) -> tuple[Path, str, float
     spec = codec_mod.parse(codec)
     best = None
     for s in bundle.manifest.splits:
-        if not s.edge_file:
+        if not s.edge_file or only not in (None, s.id):
             continue
         prefix = load_session(bundle.path(s.edge_file), threads=1)
         suffix = load_session(bundle.path(s.cloud_file), threads=1)
@@ -80,6 +80,8 @@ def balanced_bundle(root: Path, size: int, codec: str) -> tuple[Path, str, float
             data = request.SerializeToString()
             decode = _median_ms(lambda: wire.read_request(type(request).FromString(data), s.cut))  # noqa: B023
             best = (abs(tp - ts), s.id, tp + encode, decode, len(data))
+    if best is None:
+        raise SystemExit(f"--split {only}: not a split of the demo CNN; it has {[s.id for s in bundle.manifest.splits]}")
     return bundle.root, *best[1:]  # type: ignore[return-value,index]
 
 
@@ -91,11 +93,12 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, default=4)
     ap.add_argument("--codec", default="shuffle-zstd:1")
     ap.add_argument("--delay-ms", type=float, default=5.0, help="one-way delay of the link")
+    ap.add_argument("--split", help="measure this split (default: the one whose prefix and suffix times are closest)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        bundle, split_id, edge_ms, decode_ms, request_bytes = balanced_bundle(root, args.size, args.codec)
+        bundle, split_id, edge_ms, decode_ms, request_bytes = balanced_bundle(root, args.size, args.codec, args.split)
         bandwidth = request_bytes * 8 / (edge_ms / 1e3)  # uplink stage == edge stage
         port = free_port()
         worker = start_worker(bundle, port, root / "worker.log", args=["--threads", "1"])

@@ -28,7 +28,10 @@ class LinkEstimator:
     """Smoothed bandwidth and RTT from observed transfers and probes.
 
     ``alpha`` weighs the newest sample (0.5: half the estimate is the latest
-    observation, so a step change is mostly seen after two or three samples).
+    observation). Two samples in a row more than ``jump`` times away from the
+    estimate, on the same side, are a link that changed, not noise: the
+    estimate takes the newest at once (a single outlier, such as a stalled
+    worker counted as network time, only moves it by ``alpha``).
     A transfer whose network time is mostly round trip says little about
     bandwidth; below ``min_transfer_share`` of its time it only sets a floor
     (the link carried its bytes at least that fast), so a link that came back
@@ -36,10 +39,13 @@ class LinkEstimator:
     The RTT is the minimum of the last ``rtt_window`` samples.
     """
 
-    def __init__(self, alpha: float = 0.5, min_transfer_share: float = 0.2, rtt_window: int = 5):
+    def __init__(self, alpha: float = 0.5, min_transfer_share: float = 0.2, rtt_window: int = 5, jump: float = 3.0):
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = alpha
+        self._log_jump = math.log(jump)
+        self._far_side = 0  # +1 / -1: the last sample was far above / below the estimate
+        self._capped = False  # the estimate is a timeout's ceiling, not a measurement
         self.min_transfer_share = min_transfer_share
         self._lock = threading.Lock()
         self._log_bw: float | None = None
@@ -78,7 +84,18 @@ class LinkEstimator:
                 if self._log_bw is not None and self._log_bw >= floor:
                     return
                 sample = floor
-            self._log_bw = sample if self._log_bw is None else self._ewma(self._log_bw, sample)
+            self._log_bw = self._next(sample)
+
+    def _next(self, sample: float) -> float:
+        """The estimate after ``sample``: smoothed, or the sample itself after a confirmed step."""
+        if self._log_bw is None or self._capped:  # the first measurement, or the first since a ceiling
+            self._capped = False
+            return sample
+        gap = sample - self._log_bw
+        side = (gap > self._log_jump) - (gap < -self._log_jump)
+        confirmed = side != 0 and side == self._far_side
+        self._far_side = side
+        return sample if confirmed else self._ewma(self._log_bw, sample)
 
     def observe_timeout(self, nbytes: int, waited_ms: float) -> None:
         """A request of ``nbytes`` got no answer within ``waited_ms``: the link is at most that fast.
@@ -92,7 +109,7 @@ class LinkEstimator:
             self._samples += 1
             ceiling = math.log(nbytes * 8 / (waited_ms / 1e3))
             if self._log_bw is None or self._log_bw > ceiling:
-                self._log_bw = ceiling
+                self._log_bw, self._capped, self._far_side = ceiling, True, 0
 
     def estimate(self) -> LinkEstimate:
         with self._lock:

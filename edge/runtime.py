@@ -225,7 +225,8 @@ class EdgeRuntime:
         try:
             if self.breaker.allow():  # type: ignore[union-attr]
                 frame = self._edge_half(inputs, self._segments[split_id])
-                self._call_worker(frame, frame.start + self.deadline_ms / 1e3)
+                # Raw: the probe measures the link, and compressing it would take the edge's CPU from the caller.
+                self._call_worker(frame, frame.start + self.deadline_ms / 1e3, codec=_RAW)
                 self._observe_speed(frame.trace)
                 self.counters.probes += 1
         finally:
@@ -308,11 +309,13 @@ class EdgeRuntime:
         self.counters.record(frame.trace)
         return {o.name: merged[o.name] for o in self.bundle.manifest.outputs}
 
-    def _encode(self, frame: Frame, request_id: str = "") -> tuple[pb.ModelInferRequest, int]:
+    def _encode(
+        self, frame: Frame, request_id: str = "", codec: codec_mod.Codec | None = None
+    ) -> tuple[pb.ModelInferRequest, int]:
         return wire.build_request(
             frame.segments.model_name,
             frame.sent,
-            self.codec,
+            codec or self.codec,
             {wire.MODEL_SHA256: self.bundle.manifest.model_sha256},
             request_id,
         )
@@ -322,12 +325,14 @@ class EdgeRuntime:
         compute_us = wire.get_params(response.parameters).get(wire.COMPUTE_US, 0)
         return float(compute_us) / 1e3 if isinstance(compute_us, int) else 0.0
 
-    def _call_worker(self, frame: Frame, deadline: float) -> dict[str, np.ndarray] | None:
+    def _call_worker(
+        self, frame: Frame, deadline: float, codec: codec_mod.Codec | None = None
+    ) -> dict[str, np.ndarray] | None:
         """The suffix's outputs from the worker, or None (reason in the trace)."""
         assert self._client is not None and self.breaker is not None
         trace = frame.trace
         try:
-            request, trace.bytes_encoded = self._encode(frame)
+            request, trace.bytes_encoded = self._encode(frame, codec=codec)
         except (CodecError, WireError) as e:
             trace.fallback_reason = f"encode failed: {e}"
             return None
@@ -417,6 +422,7 @@ class Frame:
 
 
 AUTO = "auto"
+_RAW = codec_mod.parse("raw")
 
 
 def _offered_costs(m: Manifest) -> dict[str, SplitCost]:

@@ -19,9 +19,10 @@ CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 # A quota is only felt once it is spent within a period: with the kernel's usual
 # 100 ms period a 5 ms inference runs at full speed and then the process sleeps.
-# A 10 ms period slows every call of more than a few ms evenly, as a slower
-# core would.
-PERIOD_US = 10_000
+# A short period slows every call of more than a few ms evenly, as a slower core
+# would, and keeps latencies from moving in steps of a whole period (at 10 ms, one
+# period more is +10 % on a 100 ms call). The quota's floor sets how short it can be.
+PERIOD_US = 4_000
 MIN_QUOTA_US = 1_000  # the kernel's floor
 
 

@@ -92,5 +92,20 @@ def test_a_timeout_caps_the_estimate():
     assert est.estimate().bandwidth_bps == pytest.approx(2.4e6)
     est.observe_timeout(300_000, 100.0)  # a looser ceiling does not raise it
     assert est.estimate().bandwidth_bps == pytest.approx(2.4e6)
-    est.observe_transfer(100_000, _transfer(100_000, 50e6, 10.0))  # answered again: the estimate recovers
-    assert est.estimate().bandwidth_bps > 5e6
+    est.observe_transfer(100_000, _transfer(100_000, 50e6, 10.0))  # answered again: a measurement, not a bound
+    assert est.estimate().bandwidth_bps == pytest.approx(50e6, rel=0.01)
+
+
+def test_two_far_samples_in_a_row_are_a_step_one_is_an_outlier():
+    est = LinkEstimator(alpha=0.5, jump=3.0)
+    est.observe_rtt(10.0)
+    for _ in range(4):
+        est.observe_transfer(500_000, _transfer(500_000, 100e6, 10.0))
+    est.observe_transfer(500_000, _transfer(500_000, 2e6, 10.0))  # one slow sample: half way (in log)
+    one = est.estimate().bandwidth_bps
+    assert 10e6 < one < 20e6, one
+    est.observe_transfer(500_000, _transfer(500_000, 100e6, 10.0))
+    est.observe_transfer(500_000, _transfer(500_000, 100e6, 10.0))
+    for _ in range(2):  # the link did drop: the second far sample is taken as it is
+        est.observe_transfer(500_000, _transfer(500_000, 2e6, 10.0))
+    assert est.estimate().bandwidth_bps == pytest.approx(2e6, rel=0.01)
