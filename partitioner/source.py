@@ -15,8 +15,22 @@ from partitioner.measure import _run_exposing
 from partitioner.shapes import concrete_input_shapes
 
 
+class GraphSource:
+    """What every format's source shares: golden inputs and node counts from its graph view."""
+
+    view: GraphView
+    input_shapes: dict[str, tuple[int, ...]]  # the shapes golden inputs and measurements use
+
+    def sample(self, case: int) -> Tensors:
+        return sample_inputs(self.view.input_infos, self.input_shapes, case)
+
+    @property
+    def compute_nodes(self) -> int:
+        return len(self.view.order)
+
+
 @dataclass
-class Source:
+class Source(GraphSource):
     path: Path
     model: onnx.ModelProto
     view: GraphView
@@ -28,13 +42,6 @@ class Source:
         model = onnxio.load_model(path)
         view = GraphView.of(model.graph)
         return cls(path, model, view, concrete_input_shapes(view.input_infos, shapes, log))
-
-    def sample(self, case: int) -> Tensors:
-        return sample_inputs(self.view.input_infos, self.input_shapes, case)
-
-    @property
-    def compute_nodes(self) -> int:
-        return len(self.view.order)
 
     def values(self, names: list[str], inputs: Tensors) -> Tensors:
         """The tensors ``names`` on ``inputs``, from one onnxruntime run of the model with them exposed."""

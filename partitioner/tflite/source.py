@@ -9,9 +9,10 @@ from functools import cached_property
 from pathlib import Path
 
 from partitioner.errors import PartitionError
-from partitioner.golden import Tensors, sample_inputs
+from partitioner.golden import Tensors
 from partitioner.graph import GraphView
 from partitioner.shapes import concrete_input_shapes
+from partitioner.source import GraphSource
 from partitioner.tflite.flatbuffer import ints, numpy_name, read_model, schema, serialize, tensor_name, type_name
 from partitioner.tflite.segment import extract
 from partitioner.tflite.view import MAIN, graph_view, tensor_keys
@@ -21,7 +22,7 @@ BACKEND = "litert"
 
 
 @dataclass
-class TfliteSource:
+class TfliteSource(GraphSource):
     path: Path
     model: schema.ModelT
     keys: list[str]  # unique name of each main-subgraph tensor, by index
@@ -46,13 +47,6 @@ class TfliteSource:
     def index(self, name: str) -> int:
         """The main-subgraph index of the tensor named ``name`` (a key)."""
         return self._index[name]
-
-    def sample(self, case: int) -> Tensors:
-        return sample_inputs(self.view.input_infos, self.input_shapes, case)
-
-    @property
-    def compute_nodes(self) -> int:
-        return len(self.view.order)
 
     def values(self, names: list[str], inputs: Tensors) -> Tensors:
         """The main-subgraph tensors ``names`` on ``inputs``, from one LiteRT run of the model with them as outputs."""
