@@ -117,7 +117,7 @@ def measure(workdir: Path, segment: str, client_counts: list[int], windows: int,
             proc = start_worker(bundle, port, workdir / f"{segment}-worker{i}.log", args=[*COMMON, *flags])
             workers[name] = (proc, f"127.0.0.1:{port}")
         for clients in client_counts:
-            requests = [wire.build_request(model, sent(seed), codec)[0] for seed in range(clients)]
+            requests = [wire.build_request(model, sent(seed), codec)[0].message() for seed in range(clients)]
             results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in CONFIGS}
             for _ in range(windows):
                 for name, (_, address) in workers.items():

@@ -313,7 +313,7 @@ def main() -> None:
         name = segment_model_name(bundle.name, split_id)
         segment = bundle.path(bundle.manifest.split(split_id).cloud_file)
         want = load_session(segment, threads=args.threads).run(sent)
-        request = wire.build_request(name, sent)[0].SerializeToString()
+        request = wire.build_request(name, sent)[0].to_bytes()
         segment_kib = segment.stat().st_size / 1024
 
         port = free_port()

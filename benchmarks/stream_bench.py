@@ -18,12 +18,18 @@ The link's bandwidth is set so that the uplink takes as long as the edge
 stage: the stages are balanced, and the bound is 1 / (slowest stage).
 Sequential ``infer`` calls and ``stream`` run interleaved in the same run.
 
-    .venv/bin/python benchmarks/stream_bench.py [--frames 150] [--rounds 5]
+The bound assumes the stages run in parallel, as on a device, a network and a
+server. With ``--pin`` the edge (this process) runs on CPU 0 and the worker and
+link proxy on CPU 1 (every thread, testbed.device.pin), so the edge does not
+share its core with the far side as it otherwise does on a small machine.
+
+    .venv/bin/python benchmarks/stream_bench.py [--frames 150] [--rounds 5] [--pin]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -36,10 +42,11 @@ from report import machine
 from edge import EdgeRuntime
 from partitioner import inspect, split
 from splitpoint import codec as codec_mod
-from splitpoint import wire
+from splitpoint import framing, wire
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.backends import load_session
 from testbed.demo import free_port, start_worker
+from testbed.device import pin
 from testbed.linkproxy import LinkProcess
 from testbed.models import save_demo_cnn
 
@@ -75,10 +82,9 @@ def balanced_bundle(root: Path, size: int, codec: str, only: str | None = None) 
         sent = {n: out[n] for n in s.sent_names}
         tp, ts = _median_ms(lambda: prefix.run(x)), _median_ms(lambda: suffix.run(sent))
         if best is None or abs(tp - ts) < best[0]:
-            request, _ = wire.build_request("m", sent, spec, {})
-            encode = _median_ms(lambda: wire.build_request("m", sent, spec, {})[0].SerializeToString())  # noqa: B023
-            data = request.SerializeToString()
-            decode = _median_ms(lambda: wire.read_request(type(request).FromString(data), s.cut))  # noqa: B023
+            data = wire.build_request("m", sent, spec, {})[0].to_bytes()
+            encode = _median_ms(lambda: wire.build_request("m", sent, spec, {})[0].to_bytes())  # noqa: B023
+            decode = _median_ms(lambda: wire.read_request(framing.parse_request(data), s.cut))  # noqa: B023
             best = (abs(tp - ts), s.id, tp + encode, decode, len(data))
     if best is None:
         raise SystemExit(f"--split {only}: not a split of the demo CNN; it has {[s.id for s in bundle.manifest.splits]}")
@@ -94,7 +100,10 @@ def main() -> None:
     ap.add_argument("--codec", default="shuffle-zstd:1")
     ap.add_argument("--delay-ms", type=float, default=5.0, help="one-way delay of the link")
     ap.add_argument("--split", help="measure this split (default: the one whose prefix and suffix times are closest)")
+    ap.add_argument("--pin", action="store_true", help="edge on CPU 0, worker and link proxy on CPU 1")
     args = ap.parse_args()
+    if args.pin and not {0, 1} <= os.sched_getaffinity(0):
+        raise SystemExit("--pin needs CPUs 0 and 1")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -105,6 +114,10 @@ def main() -> None:
         link = None
         try:
             link = LinkProcess(f"127.0.0.1:{port}", bandwidth, args.delay_ms)
+            if args.pin:
+                pin(worker.pid, {1})
+                pin(link.pid, {1})
+                pin(os.getpid(), {0})
             rng = np.random.default_rng(1)
             frames = [{"image": rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32)} for _ in range(args.frames)]
             with EdgeRuntime(bundle, cloud=link.address, split=split_id, threads=1, deadline_ms=10_000,
@@ -113,7 +126,7 @@ def main() -> None:
                 for x in frames[:30]:
                     rt.infer(x)
                     worker_ms.append(rt.last_trace.cloud_ms)
-                answer_bytes = len(wire.build_response(pb.ModelInferRequest(), rt.infer(frames[0])).SerializeToString())
+                answer_bytes = len(wire.build_response(pb.ModelInferRequest(), rt.infer(frames[0])).to_bytes())
                 stages = {
                     "edge (prefix + encode)": edge_ms,
                     "uplink": request_bytes * 8 / bandwidth * 1e3,
@@ -137,7 +150,7 @@ def main() -> None:
             worker.wait()
 
     bound = 1e3 / max(stages.values())
-    print(machine())
+    print(machine() + (", edge pinned to CPU 0, worker and link proxy to CPU 1" if args.pin else ", nothing pinned"))
     print(f"split {split_id}, codec {args.codec}, request {request_bytes / 2**20:.2f} MiB, "
           f"link {bandwidth / 1e6:.0f} Mbit/s + {args.delay_ms:g} ms one way")
     for name, ms in stages.items():

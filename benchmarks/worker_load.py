@@ -103,7 +103,7 @@ def run(bundle: Path, workdir: Path, inflight: int, queue: int, clients: int, se
         end = start + seconds
 
         def client(seed: int) -> None:
-            request = wire.build_request(sp.model, sp.sent(seed), "zstd")[0]
+            request = wire.build_request(sp.model, sp.sent(seed), "zstd")[0].message()
             while time.monotonic() < end:
                 t = time.perf_counter()
                 try:

@@ -19,8 +19,7 @@ from cloud.core import Batching, InferenceCore
 from cloud.metrics import WorkerMetrics
 from cloud.repository import SessionSettings, load_segments
 from cloud.security import TokenInterceptor, check_token, server_credentials
-from cloud.servicer import InferenceServicer, MalformedRequests
-from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
+from cloud.servicer import InferenceServicer, MalformedRequests, add_servicer
 from splitpoint.bundle import health_service
 from splitpoint.errors import SplitpointError
 
@@ -121,7 +120,7 @@ def serve(
         maximum_concurrent_rpcs=rpc_threads,
     )
     core = InferenceCore(segments, admission, metrics, batching)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core, metrics, max_decoded_bytes), server)
+    add_servicer(InferenceServicer(core, metrics, max_decoded_bytes), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     target = f"{host}:{port}"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 
 import splitpoint
 from cloud.admission import DeadlineExpired, Overloaded
@@ -27,10 +28,11 @@ from cloud.core import (
     queue_timeout,
 )
 from cloud.metrics import UNKNOWN_MODEL, WorkerMetrics
-from splitpoint import dtypes, wire
+from splitpoint import dtypes, framing, wire
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.errors import CodecError, WireError
+from splitpoint.framing import Framed
 
 log = logging.getLogger("splitpoint.cloud")
 
@@ -120,7 +122,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     for n in sorted(self.core.segments)]
         )
 
-    def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+    def _infer(self, framed: Framed[pb.ModelInferRequest], deadline: float | None) -> Framed[pb.ModelInferResponse]:
+        request = framed.header
         seg = self.core.segment(request.model_name, request.model_version)
         params = wire.get_params(request.parameters)
         sha = params.get(wire.MODEL_SHA256)
@@ -133,9 +136,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise WireError(f"requested output(s) {unknown} do not exist in model {seg.name!r}")
 
         def decode() -> dict[str, np.ndarray]:
-            inputs = wire.read_request(request, seg.session.inputs, self.max_decoded_bytes)
+            inputs = wire.read_request(framed, seg.session.inputs, self.max_decoded_bytes)
             received = self.metrics.received_bytes
-            received.labels(model=seg.name, form="encoded").inc(sum(map(len, request.raw_input_contents)))
+            received.labels(model=seg.name, form="encoded").inc(sum(map(len, framed.raw)))
             received.labels(model=seg.name, form="raw").inc(sum(a.nbytes for a in inputs.values()))
             return inputs
 
@@ -143,11 +146,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return wire.build_response(request, result.outputs, {wire.COMPUTE_US: int(result.compute_s * 1e6)})
 
     def _answer(
-        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
-    ) -> tuple[pb.ModelInferResponse | None, grpc.StatusCode, str]:
+        self, request: Framed[pb.ModelInferRequest], context: grpc.ServicerContext
+    ) -> tuple[Framed[pb.ModelInferResponse] | None, grpc.StatusCode, str]:
         """The response, or None with the status and message that replace it; counted either way."""
         start = time.perf_counter()
-        model = request.model_name if request.model_name in self.core.segments else UNKNOWN_MODEL
+        name = request.header.model_name
+        model = name if name in self.core.segments else UNKNOWN_MODEL
         try:
             response, code, message = self._infer(request, _deadline(context)), grpc.StatusCode.OK, ""
         except Exception as e:  # every failure becomes a status; the server keeps serving
@@ -163,12 +167,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             context.abort(code, message)
         return response
 
-    def ModelStreamInfer(self, request_iterator, context) -> Iterator[pb.ModelStreamInferResponse]:
+    def ModelStreamInfer(self, request_iterator, context) -> Iterator[tuple[str, Framed[pb.ModelInferResponse]]]:
         for request in request_iterator:
             response, _, message = self._answer(request, context)
             if response is None:
-                response = pb.ModelInferResponse(id=request.id)
-            yield pb.ModelStreamInferResponse(error_message=message, infer_response=response)
+                response = Framed(pb.ModelInferResponse(id=request.header.id), [])
+            yield message, response
+
+
+def add_servicer(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """Register the OIP service; inference messages are framed by hand (splitpoint.framing), the rest are protobuf's."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=GetMessageClass(m.input_type).FromString,
+            response_serializer=GetMessageClass(m.output_type).SerializeToString,
+        )
+        for m in service.methods
+    }
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer, request_deserializer=framing.parse_request, response_serializer=Framed.to_bytes
+    )
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, request_deserializer=framing.parse_request,
+        response_serializer=framing.stream_answer_bytes,
+    )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service.full_name, handlers)])
 
 
 class _Malformed:

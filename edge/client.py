@@ -5,16 +5,17 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from splitpoint import framing
 from splitpoint._proto import grpc_service_pb2 as pb
-from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.errors import SplitpointError
+from splitpoint.framing import Framed
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 
@@ -82,6 +83,14 @@ class _BearerToken(
 
     def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         return continuation(self._with_token(client_call_details), request_iterator)
+
+
+def _method(name: str) -> str:
+    return f"/{pb.DESCRIPTOR.services_by_name['GRPCInferenceService'].full_name}/{name}"
+
+
+def _request_bytes(request: Framed[pb.ModelInferRequest] | bytes) -> bytes:
+    return request if isinstance(request, bytes) else request.to_bytes()
 
 
 def _read(path: str | Path | None, what: str) -> bytes | None:
@@ -184,11 +193,23 @@ class WorkerClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             channel = grpc.secure_channel(target, tls.credentials(), options=options)
         self.channel = grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
-        self._oip = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self._infer = self.channel.unary_unary(
+            _method("ModelInfer"), request_serializer=Framed.to_bytes, response_deserializer=framing.parse_response
+        )
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
-    def infer(self, request: pb.ModelInferRequest, timeout: float) -> pb.ModelInferResponse:
-        return self._oip.ModelInfer(request, timeout=timeout)
+    def infer(self, request: Framed[pb.ModelInferRequest], timeout: float) -> Framed[pb.ModelInferResponse]:
+        return self._infer(request, timeout=timeout)
+
+    def stream(self, requests: Iterator[Framed[pb.ModelInferRequest] | bytes]) -> Iterator[tuple[str, Framed]]:
+        """A ModelStreamInfer call: (error message, response) for each request sent, as answers come.
+
+        Requests may be given already serialised (bytes), to be done with the arrays they view.
+        """
+        call = self.channel.stream_stream(
+            _method("ModelStreamInfer"), request_serializer=_request_bytes, response_deserializer=framing.parse_stream_answer
+        )
+        return call(requests)
 
     def serving(self, service: str = "", timeout: float = 1.0) -> bool:
         """True when the worker's health service reports ``service`` as SERVING."""

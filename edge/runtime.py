@@ -33,6 +33,7 @@ from splitpoint.backends import Session, SharedWeights, load_session, release_fr
 from splitpoint.bundle import LOCAL, Bundle, Manifest, Split, health_service, segment_model_name
 from splitpoint.cost import SplitCost
 from splitpoint.errors import BundleError, CodecError, SplitpointError, WireError
+from splitpoint.framing import Framed
 
 log = logging.getLogger("splitpoint.edge")
 
@@ -311,7 +312,7 @@ class EdgeRuntime:
 
     def _encode(
         self, frame: Frame, request_id: str = "", codec: codec_mod.Codec | None = None
-    ) -> tuple[pb.ModelInferRequest, int]:
+    ) -> tuple[Framed[pb.ModelInferRequest], int]:
         return wire.build_request(
             frame.segments.model_name,
             frame.sent,
@@ -321,8 +322,8 @@ class EdgeRuntime:
         )
 
     @staticmethod
-    def _compute_ms(response: pb.ModelInferResponse) -> float:
-        compute_us = wire.get_params(response.parameters).get(wire.COMPUTE_US, 0)
+    def _compute_ms(response: Framed[pb.ModelInferResponse]) -> float:
+        compute_us = wire.get_params(response.header.parameters).get(wire.COMPUTE_US, 0)
         return float(compute_us) / 1e3 if isinstance(compute_us, int) else 0.0
 
     def _call_worker(
@@ -370,7 +371,7 @@ class EdgeRuntime:
             trace.path = "cloud"
             trace.cloud_ms = self._compute_ms(response)  # type: ignore[arg-type]
             trace.network_ms = max(rtt * 1e3 - trace.cloud_ms, 0.0)
-            self.link.observe_transfer(trace.bytes_encoded + response.ByteSize(), trace.network_ms)  # type: ignore[attr-defined]
+            self.link.observe_transfer(trace.bytes_encoded + response.size, trace.network_ms)  # type: ignore[attr-defined]
             self.breaker.record_success()
             return outputs
         trace.fallback_reason = reason

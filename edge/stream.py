@@ -20,8 +20,8 @@ import numpy as np
 
 from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2 as pb
-from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.errors import CodecError, WireError
+from splitpoint.framing import Framed
 
 if TYPE_CHECKING:
     from edge.runtime import EdgeRuntime, Frame
@@ -51,12 +51,11 @@ class _Call:
         self._lock = lock
         self._requests: queue.Queue = queue.Queue()
         self.broken = False
-        stub = pb_grpc.GRPCInferenceServiceStub(rt._client.channel)  # type: ignore[union-attr]
-        self._call = stub.ModelStreamInfer(iter(self._requests.get, _END))
+        self._call = rt._client.stream(iter(self._requests.get, _END))  # type: ignore[union-attr]
         self._reader = threading.Thread(target=self._read, name="splitpoint-stream-reader", daemon=True)
         self._reader.start()
 
-    def send(self, request: pb.ModelInferRequest) -> None:
+    def send(self, request: bytes) -> None:
         self._requests.put(request)
 
     def close(self) -> None:
@@ -74,18 +73,18 @@ class _Call:
             reason = "worker unavailable" if e.code() == grpc.StatusCode.UNAVAILABLE else f"stream broke: {e.code().name}"
         self._break(reason)
 
-    def _answer(self, answer: pb.ModelStreamInferResponse) -> None:
-        response = answer.infer_response
+    def _answer(self, answer: tuple[str, Framed[pb.ModelInferResponse]]) -> None:
+        error_message, response = answer
         with self._lock:
-            p = self._pending.pop(response.id, None)
+            p = self._pending.pop(response.header.id, None)
         if p is None:  # answered late: the frame was already finished locally
             return
         self._rt.busy.add(-1)
         trace = p.frame.trace
-        if answer.error_message:
+        if error_message:
             # A stream answer carries a message but no status code: overload and a version
             # mismatch look alike, so this counts as an ordinary failure, not a fatal one.
-            trace.fallback_reason = f"worker refused the frame: {answer.error_message}"
+            trace.fallback_reason = f"worker refused the frame: {error_message}"
             self._rt.breaker.record_failure(trace.fallback_reason)  # type: ignore[union-attr]
         else:
             try:
@@ -97,7 +96,7 @@ class _Call:
                 trace.cloud_ms = self._rt._compute_ms(response)
                 trace.network_ms = max((time.perf_counter() - p.sent_at) * 1e3 - trace.cloud_ms, 0.0)
                 if p.alone:  # otherwise its time includes waiting behind earlier frames
-                    self._rt.link.observe_transfer(trace.bytes_encoded + response.ByteSize(), trace.network_ms)
+                    self._rt.link.observe_transfer(trace.bytes_encoded + response.size, trace.network_ms)
                 self._rt.breaker.record_success()  # type: ignore[union-attr]
         p.answered.set()
 
@@ -182,7 +181,8 @@ def _dispatch(rt: EdgeRuntime, p: _Pending, pending: dict[str, _Pending], lock: 
         p.answered.set()
         return
     try:
-        request, p.frame.trace.bytes_encoded = rt._encode(p.frame, p.request_id)
+        framed, p.frame.trace.bytes_encoded = rt._encode(p.frame, p.request_id)
+        request = framed.to_bytes()  # now: the caller may reuse its input arrays once the next frame is asked for
     except (CodecError, WireError) as e:
         p.frame.trace.fallback_reason = f"encode failed: {e}"
         p.answered.set()

@@ -67,7 +67,7 @@ _BLOCK = 1 << 16  # elements per (de)quantisation block: bounds temporaries, sta
 class Encoded:
     """Raw bytes for OIP ``raw_*_contents`` and the tensor parameters announcing them."""
 
-    data: bytes
+    data: bytes | memoryview  # raw: a view of the array's bytes, copied once where the message is framed
     params: dict[str, str | int | bool]
 
 
@@ -112,8 +112,9 @@ class Codec:
         else:
             payload = arr
         flat = payload.reshape(-1).view(np.uint8)
+        data: bytes | memoryview
         if done.entropy == "raw":
-            data = flat.tobytes()
+            data = memoryview(flat)
         else:
             if done.entropy == "shuffle-zstd":
                 flat = _shuffle(flat, payload.dtype.itemsize)

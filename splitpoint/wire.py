@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from splitpoint import codec as codec_mod
-from splitpoint import dtypes
+from splitpoint import dtypes, framing
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.bundle import TensorSpec
 from splitpoint.errors import WireError
@@ -71,14 +71,14 @@ def format_shape(shape: Sequence[Any]) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _add_tensor(message: Any, raw_list: Any, name: str, array: np.ndarray, codec: codec_mod.Codec) -> int:
+def _add_tensor(tensors: Any, raw: list[framing.Buffer], name: str, array: np.ndarray, codec: codec_mod.Codec) -> int:
     encoded = codec.encode(array, name=name)
-    t = message.add()
+    t = tensors.add()
     t.name = name
     t.datatype = dtypes.to_oip(array.dtype)
     t.shape.extend(array.shape)
     set_params(t.parameters, encoded.params)
-    raw_list.append(encoded.data)
+    raw.append(encoded.data)
     return len(encoded.data)
 
 
@@ -88,12 +88,16 @@ def build_request(
     codec: str | codec_mod.Codec = "raw",
     params: Mapping[str, ParamValue] | None = None,
     request_id: str = "",
-) -> tuple[pb.ModelInferRequest, int]:
-    """An OIP ModelInferRequest carrying ``tensors``, and its encoded payload size."""
+) -> tuple[framing.Framed[pb.ModelInferRequest], int]:
+    """An OIP ModelInferRequest carrying ``tensors``, and its encoded payload size.
+
+    Raw tensors are views of the arrays until the request is serialised
+    (``to_bytes()``; ``message()`` gives a protobuf message for stubs and tools).
+    """
     c = codec_mod.parse(codec)
-    req = pb.ModelInferRequest(model_name=model_name, id=request_id)
-    set_params(req.parameters, params or {})
-    size = sum(_add_tensor(req.inputs, req.raw_input_contents, n, a, c) for n, a in tensors.items())
+    req = framing.Framed(pb.ModelInferRequest(model_name=model_name, id=request_id), [])
+    set_params(req.header.parameters, params or {})
+    size = sum(_add_tensor(req.header.inputs, req.raw, n, a, c) for n, a in tensors.items())
     return req, size
 
 
@@ -101,19 +105,21 @@ def build_response(
     request: pb.ModelInferRequest,
     outputs: Mapping[str, np.ndarray],
     params: Mapping[str, ParamValue] | None = None,
-) -> pb.ModelInferResponse:
-    """An OIP ModelInferResponse with raw outputs, answering ``request``."""
+) -> framing.Framed[pb.ModelInferResponse]:
+    """An OIP ModelInferResponse with raw outputs, answering ``request`` (its header is enough)."""
     wanted = [o.name for o in request.outputs]
     raw = codec_mod.parse("raw")
-    resp = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-    set_params(resp.parameters, params or {})
+    resp = framing.Framed(
+        pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id), []
+    )
+    set_params(resp.header.parameters, params or {})
     for name in wanted or list(outputs):
-        _add_tensor(resp.outputs, resp.raw_output_contents, name, outputs[name], raw)
+        _add_tensor(resp.header.outputs, resp.raw, name, outputs[name], raw)
     return resp
 
 
 def _read_tensors(
-    tensors: Sequence[Any], raw: Sequence[bytes], what: str, max_bytes: int
+    tensors: Sequence[Any], raw: Sequence[framing.Buffer], what: str, max_bytes: int
 ) -> dict[str, np.ndarray]:
     if len(raw) != len(tensors):
         typed = [t.name for t in tensors if t.HasField("contents")]
@@ -140,12 +146,16 @@ def _read_tensors(
 
 
 def read_request(
-    request: pb.ModelInferRequest, expected: Sequence[TensorSpec], max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES
+    request: framing.Framed[pb.ModelInferRequest] | pb.ModelInferRequest,
+    expected: Sequence[TensorSpec],
+    max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES,
 ) -> dict[str, np.ndarray]:
     """Decode and validate a request's inputs against the model's input specs.
 
     ``max_bytes`` bounds the decoded size of all inputs together.
     """
+    framed = request if isinstance(request, framing.Framed) else framing.view(request)
+    request = framed.header
     by_name = {s.name: s for s in expected}
     for t in request.inputs:
         if t.name not in by_name:
@@ -158,11 +168,13 @@ def read_request(
     missing = [n for n in by_name if n not in {t.name for t in request.inputs}]
     if missing:
         raise WireError(f"missing input tensor(s) {missing}")
-    return _read_tensors(request.inputs, request.raw_input_contents, "request", max_bytes)
+    return _read_tensors(request.inputs, framed.raw, "request", max_bytes)
 
 
 def read_response(
-    response: pb.ModelInferResponse, max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES
+    response: framing.Framed[pb.ModelInferResponse] | pb.ModelInferResponse,
+    max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES,
 ) -> dict[str, np.ndarray]:
     """Decode a response's outputs."""
-    return _read_tensors(response.outputs, response.raw_output_contents, "response", max_bytes)
+    framed = response if isinstance(response, framing.Framed) else framing.view(response)
+    return _read_tensors(framed.header.outputs, framed.raw, "response", max_bytes)

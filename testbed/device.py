@@ -51,7 +51,7 @@ class CpuLimit:
             (self._group / "cgroup.procs").write_text(str(os.getpid()))
         else:
             self._previous_affinity = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {min(self._previous_affinity)})
+            pin(os.getpid(), {min(self._previous_affinity)})
             self.method = "affinity (1 core; a cgroup quota was not available)"
         return self
 
@@ -61,7 +61,21 @@ class CpuLimit:
             self._group.rmdir()
             self._group = None
         elif self._previous_affinity is not None:
-            os.sched_setaffinity(0, self._previous_affinity)
+            pin(os.getpid(), self._previous_affinity)
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep every thread of process ``pid`` on ``cpus``; threads they start later inherit it.
+
+    ``os.sched_setaffinity(pid, ...)`` alone moves one thread: a process's other
+    threads (gRPC's, onnxruntime's) would keep running anywhere.
+    """
+    tasks = Path(f"/proc/{pid}/task")
+    for tid in os.listdir(tasks) if tasks.is_dir() else [str(pid)]:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
 
 
 def _make_group(cpus: float) -> tuple[Path | None, str]:

@@ -223,6 +223,10 @@ class LinkProcess:
             raise ValueError(answer)
         return answer[3:]
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def bytes(self) -> tuple[int, int]:
         """Bytes delivered so far: edge to worker, worker to edge."""
         up, down = self.command("bytes").split()

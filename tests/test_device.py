@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from testbed.device import CpuLimit
+from testbed.device import CpuLimit, pin
 
 
 def _burn(cpu_seconds: float) -> float:
@@ -39,3 +43,28 @@ def test_a_short_call_is_slowed_too():
 def test_bad_quota():
     with pytest.raises(ValueError):
         CpuLimit(0)
+
+
+def test_pin_moves_every_thread_of_a_process():
+    """Pinning the worker or link proxy to a core must pin gRPC's and onnxruntime's threads too, not just the main one."""
+    if len(os.sched_getaffinity(0)) < 2 or not Path("/proc/self/task").is_dir():
+        pytest.skip("needs two CPUs and /proc")
+    code = ("import threading, time, sys\n"
+            "[threading.Thread(target=time.sleep, args=(60,), daemon=True).start() for _ in range(3)]\n"
+            "print('up', flush=True); sys.stdin.readline()\n"
+            "threading.Thread(target=lambda: print(sorted(__import__('os').sched_getaffinity(0)), flush=True)).start()\n"
+            "time.sleep(0.2)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        cpu = max(os.sched_getaffinity(0))
+        pin(child.pid, {cpu})
+        tasks = os.listdir(f"/proc/{child.pid}/task")
+        assert len(tasks) >= 4
+        assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tasks)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == f"[{cpu}]"  # a thread started afterwards stays there too
+    finally:
+        child.kill()
+        child.wait()

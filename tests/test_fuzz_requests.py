@@ -93,7 +93,7 @@ def good_clients(served, segments, sha) -> Iterator[GoodClients]:
 
     def run(seg: Segment) -> None:
         want = seg.suffix.run(seg.sent)
-        request = wire.build_request(seg.name, seg.sent, "shuffle-zstd:1", {wire.MODEL_SHA256: sha})[0]
+        request = wire.build_request(seg.name, seg.sent, "shuffle-zstd:1", {wire.MODEL_SHA256: sha})[0].message()
         with grpc.insecure_channel(served.address) as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             while not stop.is_set():
@@ -279,7 +279,7 @@ FAULTS: list[Fault] = [model_name, model_version, sha_parameter, unknown_output,
 def faulty_request(data: st.DataObject, segments: list[Segment], sha: str) -> tuple[pb.ModelInferRequest, list[str]]:
     seg = data.draw(st.sampled_from(segments))
     codec = data.draw(st.sampled_from(["raw", "zstd", "shuffle-zstd:1", "fp16+zstd", "int8"]))
-    req = wire.build_request(seg.name, seg.sent, codec, {wire.MODEL_SHA256: sha})[0]
+    req = wire.build_request(seg.name, seg.sent, codec, {wire.MODEL_SHA256: sha})[0].message()
     culprits: list[str] = []
     for fault in sorted(data.draw(st.lists(st.sampled_from(FAULTS), min_size=1, max_size=3, unique=True)), key=FAULTS.index):
         if FAULTS.index(fault) < FAULTS.index(tensor_name) or len(req.inputs) == len(req.raw_input_contents) > 0:
@@ -320,7 +320,7 @@ def test_faulty_requests_get_a_clear_client_error_or_the_right_answer(data, chan
 @given(data=st.data())
 def test_bytes_that_are_not_a_request_are_invalid_argument(data, channel, segments, sha, good_clients):
     """Random bytes, and serialized requests with bytes flipped or cut, on a raw generic call."""
-    good = wire.build_request(segments[0].name, segments[0].sent, "zstd", {wire.MODEL_SHA256: sha})[0].SerializeToString()
+    good = wire.build_request(segments[0].name, segments[0].sent, "zstd", {wire.MODEL_SHA256: sha})[0].to_bytes()
     raw = bytearray(data.draw(st.one_of(st.binary(max_size=2048), st.just(good))))
     for _ in range(data.draw(st.integers(0 if raw != good else 1, 4))):
         if raw and data.draw(st.booleans()):
@@ -362,7 +362,7 @@ def test_a_stream_answers_faulty_and_good_requests_in_order(data, channel, segme
             req, why = faulty_request(data, segments, sha)
         else:
             seg = data.draw(st.sampled_from(segments))
-            req, why = wire.build_request(seg.name, seg.sent, "zstd", {wire.MODEL_SHA256: sha})[0], []
+            req, why = wire.build_request(seg.name, seg.sent, "zstd", {wire.MODEL_SHA256: sha})[0].message(), []
         req.id = str(i)
         requests.append(req)
         culprits.append(why)
@@ -380,7 +380,7 @@ def test_a_stream_answers_faulty_and_good_requests_in_order(data, channel, segme
 def test_huge_names_in_errors_are_cut_so_the_status_arrives(channel, segments, name):
     """Regression: a message echoing a 20 kB name exceeded the client's trailer limit: RESOURCE_EXHAUSTED."""
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    req = wire.build_request(segments[0].name, segments[0].sent)[0]
+    req = wire.build_request(segments[0].name, segments[0].sent)[0].message()
     req.inputs[0].name = name
     for call, code in [(lambda: stub.ModelInfer(req, timeout=10), grpc.StatusCode.INVALID_ARGUMENT),
                        (lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=10), grpc.StatusCode.NOT_FOUND)]:
@@ -393,7 +393,7 @@ def test_huge_names_in_errors_are_cut_so_the_status_arrives(channel, segments, n
 def test_typed_contents_are_refused_naming_the_tensor(channel, segments):
     """Regression: OIP's typed contents without raw contents got a message naming no tensor."""
     seg = next(s for s in segments if len(s.sent) == 2)
-    req = wire.build_request(seg.name, seg.sent)[0]
+    req = wire.build_request(seg.name, seg.sent)[0].message()
     req.ClearField("raw_input_contents")
     for t, a in zip(req.inputs, seg.sent.values()):
         t.contents.fp32_contents.extend(a.reshape(-1).tolist())

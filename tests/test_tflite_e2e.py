@@ -58,7 +58,7 @@ def test_int8_cut_tensors_travel_raw_as_int8(bundles, worker):
     s = b.manifest.split(block)
     edge = load_session(b.path(s.edge_file)).run(x)
     request, _ = wire.build_request("int8", {n: edge[n] for n in s.sent_names}, b.manifest.codec)
-    assert [t.datatype for t in request.inputs] == ["INT8", "INT8"]
+    assert [t.datatype for t in request.header.inputs] == ["INT8", "INT8"]
 
 
 def test_worker_down_the_edge_answers_from_the_tflite_segments(bundles, tmp_path):

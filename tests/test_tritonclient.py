@@ -223,7 +223,7 @@ def test_reserved_parameters_are_accepted_as_triton_accepts_them(client, bundles
 def test_reserved_parameters_of_the_wrong_type_or_sign_name_the_parameter(worker, key, value):
     """tritonclient cannot send these; other OIP clients can. Triton refuses the same ones, except a negative
     timeout, which it takes as unsigned."""
-    request, _ = wire.build_request("dtypes.cloud", _dtype_sample(), params={key: value})
+    request = wire.build_request("dtypes.cloud", _dtype_sample(), params={key: value})[0].message()
     with grpc.insecure_channel(worker.address) as channel:
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)

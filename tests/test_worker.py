@@ -47,7 +47,7 @@ def _request(bundle, split, sent, codec="zstd", sha=None):
         segment_model_name(bundle.name, split.id), sent, codec,
         {wire.MODEL_SHA256: sha or bundle.manifest.model_sha256},
     )
-    return req
+    return req.message()
 
 
 def test_liveness_readiness_and_metadata(stub, bundle, cut_split):

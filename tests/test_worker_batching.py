@@ -63,7 +63,7 @@ def _concurrently(address: str, requests: list[tuple[str, dict[str, np.ndarray]]
     def client(model: str, tensors: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            request = wire.build_request(model, tensors, "zstd")[0]
+            request = wire.build_request(model, tensors, "zstd")[0].message()
             start.wait()
             return [wire.read_response(stub.ModelInfer(request, timeout=30)) for _ in range(repeat)]
 
@@ -125,7 +125,7 @@ def test_unbatched_models_and_single_clients_run_alone(batching, demo_bundle, im
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         start = time.monotonic()
         for _ in range(3):
-            stub.ModelInfer(wire.build_request(model, image)[0], timeout=10)
+            stub.ModelInfer(wire.build_request(model, image)[0].message(), timeout=10)
         elapsed = time.monotonic() - start
     runs, served, singles = _batches(before, Metrics(port), model)
     assert runs == served == singles == 3

@@ -76,7 +76,7 @@ def cut(demo_bundle):
 
 def _fault_request(rows_a: int, rows_b: int) -> pb.ModelInferRequest:
     ones = lambda n: np.ones((n, 4), np.float32)
-    return wire.build_request("fault.cloud", {"a": ones(rows_a), "b": ones(rows_b)})[0]
+    return wire.build_request("fault.cloud", {"a": ones(rows_a), "b": ones(rows_b)})[0].message()
 
 
 def _bad_requests(cut) -> dict[str, tuple[Callable[[], pb.ModelInferRequest], grpc.StatusCode, str]]:
@@ -87,7 +87,7 @@ def _bad_requests(cut) -> dict[str, tuple[Callable[[], pb.ModelInferRequest], gr
         return {n: np.zeros_like(a) for n, a in tensors(batch, 0).items()}
 
     def renamed(model: str) -> pb.ModelInferRequest:
-        return wire.build_request(model, tensors(1, 0), "zstd")[0]
+        return wire.build_request(model, tensors(1, 0), "zstd")[0].message()
 
     def retyped() -> pb.ModelInferRequest:
         req = renamed(name)
@@ -96,13 +96,13 @@ def _bad_requests(cut) -> dict[str, tuple[Callable[[], pb.ModelInferRequest], gr
 
     return {
         # 2 MiB on the wire: gRPC itself refuses it
-        "oversize-message": (lambda: wire.build_request(name, zeros(4), "raw")[0],
+        "oversize-message": (lambda: wire.build_request(name, zeros(4), "raw")[0].message(),
                              grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
         # a few KiB on the wire, 2 MiB once decoded
-        "decoded-over-limit": (lambda: wire.build_request(name, zeros(4), "zstd")[0],
+        "decoded-over-limit": (lambda: wire.build_request(name, zeros(4), "zstd")[0].message(),
                                grpc.StatusCode.INVALID_ARGUMENT, "-byte limit"),
         "path-traversal": (lambda: renamed("../../etc/passwd"), grpc.StatusCode.NOT_FOUND, "../../etc/passwd"),
-        "other-version": (lambda: wire.build_request(name, tensors(1, 0), "zstd", {wire.MODEL_SHA256: "0" * 64})[0],
+        "other-version": (lambda: wire.build_request(name, tensors(1, 0), "zstd", {wire.MODEL_SHA256: "0" * 64})[0].message(),
                           grpc.StatusCode.FAILED_PRECONDITION, "sha256"),
         "wrong-dtype": (retyped, grpc.StatusCode.INVALID_ARGUMENT, "datatype"),
         "runtime-fault": (lambda: _fault_request(3, 2), grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE),
@@ -116,7 +116,7 @@ def test_each_bad_request_gets_its_status_while_good_clients_are_served(stub, cu
     def good_client(seed: int) -> None:
         sent = tensors(1, seed)
         want = suffix.run(sent)["logits"]
-        request = wire.build_request(name, sent, "zstd", {wire.MODEL_SHA256: sha})[0]
+        request = wire.build_request(name, sent, "zstd", {wire.MODEL_SHA256: sha})[0].message()
         while not stop.is_set():
             try:
                 np.testing.assert_array_equal(wire.read_response(stub.ModelInfer(request, timeout=10))["logits"], want)
@@ -145,7 +145,7 @@ def test_decoded_size_error_names_the_tensor(stub, cut):
     name, tensors, _, _ = cut
     zeros = {n: np.zeros_like(a) for n, a in tensors(4, 0).items()}
     with pytest.raises(grpc.RpcError) as info:
-        stub.ModelInfer(wire.build_request(name, zeros, "zstd")[0])
+        stub.ModelInfer(wire.build_request(name, zeros, "zstd")[0].message())
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert any(f"tensor {n!r}" in info.value.details() for n in zeros), info.value.details()
 
@@ -158,7 +158,7 @@ def test_model_names_cannot_reach_outside_the_repository(stub, cut, demo_bundle)
         str(bundle.model_path()), "cloud/" + Path(bundle.manifest.split(bundle.manifest.default_split).cloud_file).name,
         "%2e%2e%2f%2e%2e%2fetc%2fpasswd", f"{name}\x00",
     ]
-    request = wire.build_request(name, tensors(1, 0))[0]
+    request = wire.build_request(name, tensors(1, 0))[0].message()
     for bad in names:
         request.model_name = bad
         for call, message in ((stub.ModelInfer, request), (stub.ModelMetadata, pb.ModelMetadataRequest(name=bad))):

@@ -78,7 +78,7 @@ def _x(rows: int) -> dict[str, np.ndarray]:
 
 
 def _infer(stub, rows: int, timeout: float = 60) -> np.ndarray:
-    return wire.read_response(stub.ModelInfer(wire.build_request(MODEL, _x(rows))[0], timeout=timeout))["score"]
+    return wire.read_response(stub.ModelInfer(wire.build_request(MODEL, _x(rows))[0].message(), timeout=timeout))["score"]
 
 
 class Metrics:
@@ -159,12 +159,13 @@ def test_metrics_count_requests_latency_and_bytes(ops_worker, stub, metrics_port
     port = metrics_port
     before = Metrics(port)
     zeros = {"x": np.zeros((64, WIDTH), np.float32)}
-    request, encoded = wire.build_request(MODEL, zeros, "zstd")
+    framed, encoded = wire.build_request(MODEL, zeros, "zstd")
+    request = framed.message()
     for _ in range(2):
         stub.ModelInfer(request)
     for bad in ("../../etc/passwd", "no-such-model"):
         with pytest.raises(grpc.RpcError):
-            stub.ModelInfer(wire.build_request(bad, zeros)[0])
+            stub.ModelInfer(wire.build_request(bad, zeros)[0].message())
     request.inputs[0].datatype = "INT32"
     with pytest.raises(grpc.RpcError):
         stub.ModelInfer(request)

@@ -210,7 +210,7 @@ BAD_AUTHORIZATION = {
 
 def _oip_calls(stub: pb_grpc.GRPCInferenceServiceStub, model: str, image) -> dict:
     """Every RPC of the OIP service, as calls taking gRPC metadata."""
-    request, _ = wire.build_request(model, image)
+    request = wire.build_request(model, image)[0].message()
     return {
         "ServerLive": lambda md: stub.ServerLive(pb.ServerLiveRequest(), metadata=md),
         "ServerReady": lambda md: stub.ServerReady(pb.ServerReadyRequest(), metadata=md),
