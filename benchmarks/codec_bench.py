@@ -5,13 +5,15 @@ Three sources of float32 activations, split into post-ReLU and pre-activation te
 - a small plain-torch conv/bn/relu net fed a smooth synthetic image (batch-norm
   statistics taken from that image, so activations are normalised as in a trained net);
 - two torch TransformerEncoderLayers: embeddings of a repetitive token sequence plus
-  sinusoidal positions, and the hidden state after each layer.
+  sinusoidal positions, and the hidden state after each layer;
+- the bench models of ``splitpoint bench`` (ResNet-18, MobileNetV2, BERT-mini-sized
+  encoder; random weights), when ``benchmarks/bench_models.py`` has built them.
 
 For every spec it reports the compression ratio (logical bytes / encoded bytes) and
 encode and decode throughput in logical MB/s, each the median over interleaved runs
 (every spec runs once per round, so drifts of clock and cache hit all specs alike).
 
-    python benchmarks/codec_bench.py [--repeat 7] [--specs raw,zstd:3,...]
+    python benchmarks/codec_bench.py [--repeat 7] [--specs raw,zstd:3,...] [--bench-models build/bench-models]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -135,6 +138,39 @@ def transformer_activations(seq: int = 256, width: int = 256, depth: int = 2) ->
     return out
 
 
+def bench_model_activations(directory: Path, per_model: int = 6) -> Activations:
+    """Activations of the bench models (``benchmarks/bench_models.py`` writes them to ``directory``).
+
+    Post-activation tensors of the CNNs (ReLU / ReLU6 outputs) on a smooth 224x224
+    image, and the encoder's hidden states (LayerNormalization outputs) on its bundle's
+    golden token ids; ``per_model`` of each, spread evenly from input to output.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from splitpoint.bundle import Bundle
+
+    out: Activations = []
+    for model_name, kinds in (("resnet18", {"Relu"}), ("mobilenetv2", {"Clip", "Relu"}), ("bert-mini", {"LayerNormalization"})):
+        path = directory / f"{model_name}.onnx"
+        if not path.exists():
+            continue
+        model = onnx.load(path)
+        candidates = [n.output[0] for n in model.graph.node if n.op_type in kinds]
+        spread = np.linspace(0, len(candidates) - 1, min(per_model, len(candidates))).round().astype(int)
+        picked = list(dict.fromkeys(candidates[i] for i in spread))
+        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in picked)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        if model_name == "bert-mini":
+            feeds = Bundle(directory / model_name).golden_cases()[0][0]
+            group = "bert-mini hidden"
+        else:
+            feeds = {session.get_inputs()[0].name: smooth_image(224)}
+            group = f"{model_name} post-relu"
+        out += [(group, f"{model_name}:{n}", v) for n, v in zip(picked, session.run(picked, feeds))]
+    return out
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -206,9 +242,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="interleaved timing rounds (default 7)")
     parser.add_argument("--specs", default=",".join(SPECS), help="comma-separated codec specs")
+    parser.add_argument("--bench-models", type=Path, default=Path("build/bench-models"),
+                        help="where benchmarks/bench_models.py wrote the bench models (skipped when absent)")
     args = parser.parse_args()
     specs = [codec.parse(s).spec for s in args.specs.split(",")]
     activations = demo_cnn_activations() + torch_cnn_activations() + transformer_activations()
+    activations += bench_model_activations(args.bench_models)
     print(report(activations, specs, measure(activations, specs, args.repeat), args.repeat))
 
 

@@ -5,7 +5,10 @@ serves the suffix from a worker process behind a link proxy on loopback (one
 onnxruntime thread each side). A frame passes through these stages, each
 timed on its own before the run:
 
-- edge: the prefix and the encoding of the cut tensors (one thread, in turn);
+- edge: the prefix and the encoding of the cut tensors (one thread, in turn),
+  timed through the runtime itself: its sessions are what the stream runs
+  (weight sharing, the edge's default, turns off some of onnxruntime's layout
+  optimisations, so a bare session of the same prefix is faster);
 - uplink: the encoded request's bytes at the link's bandwidth;
 - worker: decoding the request (timed here) and the suffix's compute time
   the worker reports;
@@ -61,11 +64,17 @@ def _median_ms(fn: Callable[[], object], n: int = 20) -> float:
     return statistics.median(times)
 
 
-def balanced_bundle(root: Path, size: int, codec: str, only: str | None = None) -> tuple[Path, str, float, float, int]:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds process ``pid`` has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def balanced_bundle(root: Path, size: int, codec: str, only: str | None = None) -> tuple[Path, str, float, int]:
     """The split whose prefix and suffix times are closest (or the split ``only``).
 
-    Returns the bundle, the split id, the edge stage (prefix + encode), the
-    worker's decoding time and the request's size in bytes.
+    Returns the bundle, the split id, the worker's decoding time and the
+    request's size in bytes.
     """
     model = save_demo_cnn(root / "cnn.onnx", size=size)
     candidates = [c for c in inspect(model).candidates if c.balanced]
@@ -83,9 +92,8 @@ def balanced_bundle(root: Path, size: int, codec: str, only: str | None = None) 
         tp, ts = _median_ms(lambda: prefix.run(x)), _median_ms(lambda: suffix.run(sent))
         if best is None or abs(tp - ts) < best[0]:
             data = wire.build_request("m", sent, spec, {})[0].to_bytes()
-            encode = _median_ms(lambda: wire.build_request("m", sent, spec, {})[0].to_bytes())  # noqa: B023
             decode = _median_ms(lambda: wire.read_request(framing.parse_request(data), s.cut))  # noqa: B023
-            best = (abs(tp - ts), s.id, tp + encode, decode, len(data))
+            best = (abs(tp - ts), s.id, decode, len(data))
     if best is None:
         raise SystemExit(f"--split {only}: not a split of the demo CNN; it has {[s.id for s in bundle.manifest.splits]}")
     return bundle.root, *best[1:]  # type: ignore[return-value,index]
@@ -101,19 +109,20 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=float, default=5.0, help="one-way delay of the link")
     ap.add_argument("--split", help="measure this split (default: the one whose prefix and suffix times are closest)")
     ap.add_argument("--pin", action="store_true", help="edge on CPU 0, worker and link proxy on CPU 1")
+    ap.add_argument("--no-share-weights", dest="share_weights", action="store_false",
+                    help="EdgeRuntime(share_weights=False): onnxruntime's layout optimisations on, a faster edge stage")
     args = ap.parse_args()
     if args.pin and not {0, 1} <= os.sched_getaffinity(0):
         raise SystemExit("--pin needs CPUs 0 and 1")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        bundle, split_id, edge_ms, decode_ms, request_bytes = balanced_bundle(root, args.size, args.codec, args.split)
-        bandwidth = request_bytes * 8 / (edge_ms / 1e3)  # uplink stage == edge stage
+        bundle, split_id, decode_ms, request_bytes = balanced_bundle(root, args.size, args.codec, args.split)
         port = free_port()
         worker = start_worker(bundle, port, root / "worker.log", args=["--threads", "1"])
         link = None
         try:
-            link = LinkProcess(f"127.0.0.1:{port}", bandwidth, args.delay_ms)
+            link = LinkProcess(f"127.0.0.1:{port}", None, args.delay_ms)
             if args.pin:
                 pin(worker.pid, {1})
                 pin(link.pid, {1})
@@ -121,7 +130,12 @@ def main() -> None:
             rng = np.random.default_rng(1)
             frames = [{"image": rng.standard_normal((1, 3, args.size, args.size)).astype(np.float32)} for _ in range(args.frames)]
             with EdgeRuntime(bundle, cloud=link.address, split=split_id, threads=1, deadline_ms=10_000,
-                             codec=args.codec) as rt:
+                             codec=args.codec, share_weights=args.share_weights) as rt:
+                # The edge stage as the runtime runs it (its sessions, its codec), on the core it will have.
+                segments = rt._segments[split_id]
+                edge_ms = _median_ms(lambda: rt._encode(rt._edge_half(frames[0], segments))[0].to_bytes())
+                bandwidth = request_bytes * 8 / (edge_ms / 1e3)  # uplink stage == edge stage
+                link.command(f"bandwidth {bandwidth / 1e6}")
                 worker_ms = []
                 for x in frames[:30]:
                     rt.infer(x)
@@ -133,15 +147,17 @@ def main() -> None:
                     "worker (decode + suffix)": decode_ms + statistics.median(worker_ms),
                     "downlink": answer_bytes * 8 / bandwidth * 1e3,
                 }
-                seq, pipe = [], []
+                seq, pipe, cpu = [], [], []
                 for _ in range(args.rounds):  # interleaved: the machine is shared and noisy
                     t = time.perf_counter()
                     for x in frames:
                         rt.infer(x)
                     seq.append(len(frames) / (time.perf_counter() - t))
                     t = time.perf_counter()
+                    c0 = _cpu_s(os.getpid()), _cpu_s(worker.pid), _cpu_s(link.pid)
                     n = sum(1 for _ in rt.stream(frames, max_in_flight=args.in_flight))
                     pipe.append(n / (time.perf_counter() - t))
+                    cpu.append([(_cpu_s(pid) - c) * 1e3 / n for pid, c in zip((os.getpid(), worker.pid, link.pid), c0)])
                 fallbacks = rt.counters.fallbacks
         finally:
             if link is not None:
@@ -150,7 +166,8 @@ def main() -> None:
             worker.wait()
 
     bound = 1e3 / max(stages.values())
-    print(machine() + (", edge pinned to CPU 0, worker and link proxy to CPU 1" if args.pin else ", nothing pinned"))
+    print(machine() + (", edge pinned to CPU 0, worker and link proxy to CPU 1" if args.pin else ", nothing pinned")
+          + f", share_weights={args.share_weights}")
     print(f"split {split_id}, codec {args.codec}, request {request_bytes / 2**20:.2f} MiB, "
           f"link {bandwidth / 1e6:.0f} Mbit/s + {args.delay_ms:g} ms one way")
     for name, ms in stages.items():
@@ -161,6 +178,8 @@ def main() -> None:
     print(f"stream, {args.in_flight} in flight: {pipe_fps:.1f} frames/s "
           f"= {pipe_fps / bound:.0%} of the bound, {pipe_fps / seq_fps:.2f}x sequential")
     print(f"rounds: sequential {[round(v, 1) for v in seq]}, stream {[round(v, 1) for v in pipe]}")
+    print("CPU ms per frame while streaming (edge, worker, link proxy): "
+          + ", ".join(f"{statistics.median(c):.2f}" for c in zip(*cpu)))
     print(f"fallbacks during the run: {fallbacks}")
 
 

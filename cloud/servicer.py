@@ -136,7 +136,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise WireError(f"requested output(s) {unknown} do not exist in model {seg.name!r}")
 
         def decode() -> dict[str, np.ndarray]:
-            inputs = wire.read_request(framed, seg.session.inputs, self.max_decoded_bytes)
+            # Raw inputs stay views of the received message: the session only reads them.
+            inputs = wire.read_request(framed, seg.session.inputs, self.max_decoded_bytes, copy=False)
             received = self.metrics.received_bytes
             received.labels(model=seg.name, form="encoded").inc(sum(map(len, framed.raw)))
             received.labels(model=seg.name, form="raw").inc(sum(a.nbytes for a in inputs.values()))

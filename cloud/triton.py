@@ -18,6 +18,7 @@ from pathlib import Path
 from google.protobuf import text_encoding
 
 from cloud.batching import batchable
+from cloud.core import VERSION  # the version the worker serves every segment as, and Triton's directory
 from splitpoint import dtypes
 from splitpoint.backends import load_session
 from splitpoint.bundle import Bundle, TensorSpec, segment_model_name
@@ -25,7 +26,6 @@ from splitpoint.errors import SplitpointError
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
-VERSION = "1"
 DEFAULT_MAX_BATCH = 32
 
 

@@ -182,7 +182,7 @@ def _dispatch(rt: EdgeRuntime, p: _Pending, pending: dict[str, _Pending], lock: 
         return
     try:
         framed, p.frame.trace.bytes_encoded = rt._encode(p.frame, p.request_id)
-        request = framed.to_bytes()  # now: the caller may reuse its input arrays once the next frame is asked for
+        request = framed.to_bytes()  # here, on the producer's thread, not on gRPC's sending thread
     except (CodecError, WireError) as e:
         p.frame.trace.fallback_reason = f"encode failed: {e}"
         p.answered.set()

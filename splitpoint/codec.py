@@ -186,11 +186,14 @@ def decode(
     shape: Sequence[int],
     name: str = "tensor",
     max_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    copy: bool = True,
 ) -> np.ndarray:
     """The writable, owned array of ``dtype`` and ``shape`` that ``data`` encodes.
 
-    ``params`` are the tensor's parameters; only ``PARAM`` is read. Raises CodecError,
-    and nothing else, for anything that does not match.
+    ``params`` are the tensor's parameters; only ``PARAM`` is read. With
+    ``copy=False`` raw lossless data comes back as a read-only view of ``data``
+    (possibly unaligned), for a reader that only reads it, as onnxruntime reads
+    its inputs. Raises CodecError, and nothing else, for anything that does not match.
     """
     dtype = _declared_dtype(dtype, name)
     shape = _declared_shape(shape, name)
@@ -206,6 +209,8 @@ def decode(
         payload = _inflate(buf, size, name, codec.spec)
         if codec.entropy == "shuffle-zstd":
             payload = _unshuffle(payload, _payload_itemsize(codec.lossy, dtype))
+    if not copy and codec.entropy == "raw" and codec.lossy is None and dtype.kind != "b":
+        return np.frombuffer(payload, _little(dtype)).reshape(shape)
     out = np.empty(shape, _little(dtype))
     if codec.lossy is None:
         out.reshape(-1).view(np.uint8)[:] = np.frombuffer(payload, np.uint8)

@@ -119,7 +119,7 @@ def build_response(
 
 
 def _read_tensors(
-    tensors: Sequence[Any], raw: Sequence[framing.Buffer], what: str, max_bytes: int
+    tensors: Sequence[Any], raw: Sequence[framing.Buffer], what: str, max_bytes: int, copy: bool = True
 ) -> dict[str, np.ndarray]:
     if len(raw) != len(tensors):
         typed = [t.name for t in tensors if t.HasField("contents")]
@@ -139,7 +139,7 @@ def _read_tensors(
         except WireError as e:
             raise WireError(f"tensor {t.name!r}: {e}") from None
         out[t.name] = codec_mod.decode(
-            data, get_params(t.parameters), dtype=dtype, shape=tuple(t.shape), name=t.name, max_bytes=budget
+            data, get_params(t.parameters), dtype=dtype, shape=tuple(t.shape), name=t.name, max_bytes=budget, copy=copy
         )
         budget -= out[t.name].nbytes
     return out
@@ -149,10 +149,12 @@ def read_request(
     request: framing.Framed[pb.ModelInferRequest] | pb.ModelInferRequest,
     expected: Sequence[TensorSpec],
     max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES,
+    copy: bool = True,
 ) -> dict[str, np.ndarray]:
     """Decode and validate a request's inputs against the model's input specs.
 
-    ``max_bytes`` bounds the decoded size of all inputs together.
+    ``max_bytes`` bounds the decoded size of all inputs together; ``copy=False``
+    leaves raw tensors as read-only views of the request (see ``codec.decode``).
     """
     framed = request if isinstance(request, framing.Framed) else framing.view(request)
     request = framed.header
@@ -168,7 +170,7 @@ def read_request(
     missing = [n for n in by_name if n not in {t.name for t in request.inputs}]
     if missing:
         raise WireError(f"missing input tensor(s) {missing}")
-    return _read_tensors(request.inputs, framed.raw, "request", max_bytes)
+    return _read_tensors(request.inputs, framed.raw, "request", max_bytes, copy)
 
 
 def read_response(

@@ -509,3 +509,18 @@ def test_codec_objects_validate_their_stages():
         codec.Codec(None, "zstd", None)
     assert codec.Codec("fp16", "zstd", 3).encode(np.ones(2, np.float32)).params == {PARAM: "fp16+zstd:3"}
 
+
+
+def test_raw_decode_without_copy_is_a_read_only_view_of_the_message():
+    """The worker reads raw inputs in place (onnxruntime only reads them); everything else still decodes to a copy."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    data = b"\x07" + encode(x).data.tobytes()  # off by one byte, as a tensor inside a message usually is
+    view = decode(memoryview(data)[1:], {}, dtype=np.float32, shape=(3, 4), copy=False)
+    np.testing.assert_array_equal(view, x)
+    assert np.shares_memory(view, np.frombuffer(data, np.uint8)) and not view.flags.writeable
+    bools = encode(np.array([True, False])).data.tobytes()
+    assert decode(bools, {}, dtype=np.bool_, shape=(2,), copy=False).flags.owndata  # bools are checked, so copied
+    with pytest.raises(CodecError, match="BOOL"):
+        decode(b"\x02\x00", {}, dtype=np.bool_, shape=(2,), copy=False)
+    packed = encode(x, "zstd")
+    assert decode(packed.data, packed.params, dtype=np.float32, shape=(3, 4), copy=False).flags.writeable
