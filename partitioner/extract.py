@@ -1,8 +1,8 @@
 """Segment extraction: a standalone model made of some of a graph's nodes.
 
 The segment keeps the original's opsets, IR version and local functions, the
-initializers and Constant nodes its nodes read (also from inside their
-bodies), and the value infos of the tensors it computes internally.
+initializers and Constant (or folded) nodes its nodes read (also from inside
+their bodies), and the value infos of the tensors it computes internally.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def extract_segment(
     g = view.graph
     compute = [i for i in view.order if i in nodes]
     needed = set(view.needs(compute, [vi.name for vi in outputs]))
-    constants = sorted({view.constants[t] for t in needed if t in view.constants})
+    constants = view.constant_nodes(needed)
+    needed.update(t for i in constants for t in g.node[i].input)  # the initializers folded nodes read
     boundary = {vi.name for vi in [*inputs, *outputs]}
     internal = {o for i in compute for o in g.node[i].output} | needed
     graph = helper.make_graph(

@@ -3,7 +3,11 @@
 Cuts are made between top-level nodes only. A node that holds subgraphs
 (If/Loop/Scan) consumes, besides its inputs, every outer-scope tensor its
 bodies reference, so those tensors must reach whichever side runs the node.
-Constant nodes are treated like initializers: each side keeps its own copy.
+Constant nodes are treated like initializers: each side keeps its own copy. So
+are the outputs of cheap operators computing only from constants (an Identity
+of a weight, as torch's legacy exporter writes for shared LayerNorm weights; a
+DequantizeLinear of int8 weights): otherwise a cut could send a weight the
+prefix merely passed on.
 """
 
 from __future__ import annotations
@@ -61,6 +65,19 @@ def is_constant(node: onnx.NodeProto) -> bool:
     return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
 
+# Operators folded into constants when every input is one: data movement, casts and weight
+# dequantisation, cheap enough for each side to run its own copy. Nothing random.
+FOLDABLE = frozenset({"Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat",
+                      "DequantizeLinear"})
+
+
+def folds_to_constant(node: onnx.NodeProto, constants: set[str]) -> bool:
+    """True for a FOLDABLE node reading constants only (``constants``: initializers and constants so far)."""
+    inputs = [t for t in node.input if t]
+    return (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx")
+            and bool(inputs) and all(t in constants for t in inputs))
+
+
 def describe(node: onnx.NodeProto) -> str:
     label = node.name or (node.output[0] if node.output else "?")
     return f"{node.op_type} node {label!r}"
@@ -71,14 +88,15 @@ class GraphView:
     """Producers, consumers and a topological order of the compute nodes of ``graph``.
 
     Node ids are positions in ``graph.node``. ``order`` lists the compute nodes
-    (everything but Constant nodes) topologically, following file order where free.
+    (everything but constants: Constant nodes and the nodes folded into constants)
+    topologically, following file order where free.
     """
 
     graph: onnx.GraphProto
     inputs: list[str]
     outputs: list[str]
     initializers: set[str]
-    constants: dict[str, int]  # tensor -> Constant node producing it
+    constants: dict[str, int]  # tensor -> Constant (or folded) node producing it
     producer: dict[str, int]  # tensor -> compute node producing it
     reads: dict[int, list[str]]  # compute node -> tensors it needs (incl. outer-scope references)
     order: list[int]
@@ -92,10 +110,12 @@ class GraphView:
         producer: dict[str, int] = {}
         reads: dict[int, list[str]] = {}
         inside: dict[str, int] = {}
-        for i, node in enumerate(graph.node):
+        kept = set(initializers)
+        for i, node in enumerate(graph.node):  # ONNX files list nodes in topological order
             outputs = [o for o in node.output if o]
-            if is_constant(node):
+            if is_constant(node) or folds_to_constant(node, kept):
                 constants.update(dict.fromkeys(outputs, i))
+                kept.update(outputs)
                 continue
             producer.update(dict.fromkeys(outputs, i))
             reads[i] = node_reads(node)
@@ -133,8 +153,19 @@ class GraphView:
         return self.inputs + list(self.producer)
 
     def is_kept_constant(self, name: str) -> bool:
-        """True for tensors each side keeps rather than receives (initializers, Constant outputs)."""
+        """True for tensors each side keeps rather than receives (initializers, Constant and folded outputs)."""
         return name in self.initializers or name in self.constants
+
+    def constant_nodes(self, names: Iterable[str]) -> list[int]:
+        """The Constant and folded nodes computing ``names`` (and the constants they read), in file order."""
+        todo = [t for t in names if t in self.constants]
+        found: set[int] = set()
+        while todo:
+            i = self.constants[todo.pop()]
+            if i not in found:
+                found.add(i)
+                todo += [t for t in self.graph.node[i].input if t in self.constants]
+        return sorted(found)
 
     def ancestors(self, names: Iterable[str]) -> set[int]:
         """The compute nodes needed to compute ``names`` from the graph inputs."""

@@ -32,9 +32,11 @@ class EdgeMemory:
         self.view = view
         self.sizes = sizes
         self.weights = {t.name: _tensor_bytes(t) for t in view.graph.initializer}
-        for name, i in view.constants.items():
-            values = [a.t for a in view.graph.node[i].attribute if a.type == onnx.AttributeProto.TENSOR]
-            self.weights[name] = _tensor_bytes(values[0]) if values else 0
+        for name, i in view.constants.items():  # in file order: a folded node's inputs come first
+            node = view.graph.node[i]
+            values = [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+            # A folded node holds about what it reads (an Identity exactly; a DequantizeLinear a quarter).
+            self.weights[name] = _tensor_bytes(values[0]) if values else sum(self.weights.get(t, 0) for t in node.input)
 
     def weight_bytes(self, prefix: Collection[int]) -> int:
         return sum(self.weights[t] for t in self.view.needs(prefix) if t in self.weights)

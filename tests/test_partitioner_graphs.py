@@ -163,3 +163,34 @@ def test_auto_needs_a_cut_between_nodes(tmp_path: Path) -> None:
     assert inspect(path).candidates == []
     with pytest.raises(PartitionError, match="no cut between its nodes; use split 'local' or 'cloud'"):
         split(path, tmp_path / "b")
+
+
+def test_weights_an_identity_passes_on_are_kept_not_sent(tmp_path: Path) -> None:
+    """torch's legacy exporter writes shared weights as Identity nodes of initializers: a cut
+    must not send them (they would count as tensors the prefix makes), each side keeps its own."""
+    w = helper.make_tensor("w", FLOAT, [4], [1.0, -2.0, 3.0, -4.0])
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_copy"]),
+        helper.make_node("Cast", ["w_copy"], ["w_cast"], to=FLOAT),
+        helper.make_node("Mul", ["x", "w_cast"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Mul", ["b", "w_copy"], ["out"]),
+    ]
+    graph = helper.make_graph(nodes, "m", [vec("x")], [vec("out")], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert [c.names for c in inspect(path).candidates] == [["a"], ["b"]]
+    with pytest.raises(PartitionError, match="'w_copy' is a constant"):
+        split(path, tmp_path / "b", at="w_copy")
+    bundle = split(path, tmp_path / "b", at="b")
+    s = bundle.manifest.split("b")
+    assert s.sent_names == ["b"]
+    edge, cloud = segments(bundle, "b")
+    assert [n.op_type for n in cloud.graph.node] == ["Identity", "Mul"]
+    assert names(cloud.graph.initializer) == ["w"] and names(edge.graph.initializer) == ["w"]
+    x = {"x": np.arange(8, dtype=np.float32).reshape(2, 4) - 3}
+    want = load_session(path).run(x)["out"]
+    got = edge_then_cloud(load_session(bundle.path(s.edge_file)), load_session(bundle.path(s.cloud_file)), x)
+    np.testing.assert_array_equal(got["out"], want)

@@ -45,13 +45,7 @@ def graph_view(model: schema.ModelT) -> GraphView:
 def with_constants(view: GraphView, ops: Iterable[int]) -> set[int]:
     """``ops`` and the weight decompression operators computing the constants they read."""
     chosen = set(ops)
-    todo = [t for i in chosen for t in view.graph.node[i].input]
-    while todo:
-        node = view.constants.get(todo.pop())
-        if node is not None and node not in chosen:
-            chosen.add(node)
-            todo.extend(view.graph.node[node].input)
-    return chosen
+    return chosen | set(view.constant_nodes(t for i in chosen for t in view.graph.node[i].input))
 
 
 def _mirror(model: schema.ModelT, index: int, enclosing: frozenset[int]) -> onnx.GraphProto:
