@@ -58,7 +58,7 @@ class Framed(Generic[M]):
         tag = _varint(self.raw_field << 3 | _LEN)
         out: list[Buffer] = [self.header.SerializeToString()]
         for data in self.raw:
-            out += [tag, _varint(len(data)), data]
+            out += [tag, _varint(_nbytes(data)), data]
         return out
 
     def to_bytes(self) -> bytes:
@@ -108,7 +108,7 @@ def stream_answer_bytes(answer: tuple[str, Framed[pb.ModelInferResponse]]) -> by
     """A ``ModelStreamInferResponse`` (error message, response) in one copy of the tensors' bytes."""
     error_message, response = answer
     inner = response.parts()
-    inner_size = sum(map(len, inner))
+    inner_size = sum(map(_nbytes, inner))
     outer = pb.ModelStreamInferResponse(error_message=error_message).SerializeToString()
     return b"".join([outer, _varint(_STREAM_ANSWER << 3 | _LEN), _varint(inner_size), *inner])
 
@@ -147,6 +147,11 @@ def _separate(buf: memoryview, field: int) -> tuple[list[memoryview], list[memor
         else:
             others.append(buf[start:end])
     return others, values
+
+
+def _nbytes(data: Buffer) -> int:
+    """Bytes in ``data`` (``len`` of a memoryview counts its items, which may be wider than a byte)."""
+    return data.nbytes if isinstance(data, memoryview) else len(data)
 
 
 class _Unusual(Exception):

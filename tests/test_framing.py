@@ -163,3 +163,13 @@ def test_raw_tensors_are_viewed_not_copied():
     view = np.frombuffer(parsed.raw[0], np.uint8)
     assert np.shares_memory(view, np.frombuffer(data, np.uint8))
     np.testing.assert_array_equal(wire.read_request(parsed, [TensorSpec("x", "float32", [1 << 16])])["x"], x)
+
+
+def test_views_of_wider_items_are_framed_by_their_bytes():
+    """A memoryview of float32 has a quarter as many items as bytes: the length prefix must count bytes."""
+    x = np.linspace(-1, 1, 10, dtype=np.float32)
+    framed = framing.Framed(pb.ModelInferResponse(id="a"), [memoryview(x)])
+    back = pb.ModelInferResponse.FromString(framed.to_bytes())
+    assert back.raw_output_contents[0] == x.tobytes()
+    error, answer = framing.parse_stream_answer(framing.stream_answer_bytes(("", framed)))
+    assert error == "" and bytes(answer.raw[0]) == x.tobytes() and answer.header.id == "a"
