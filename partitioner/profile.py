@@ -189,6 +189,9 @@ class Profile:
             raise PartitionError(f"profile {self.label} has no time for node {missing[0]} of this model; profile it again")
 
     def to_json(self) -> dict[str, Any]:
+        nodes = {n.key: n.to_json() for n in self.nodes.values()}
+        end_to_end = round(self.end_to_end_ms, 6)
+        node_sum = round(sum(n["ms"] for n in nodes.values()), 6)
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -199,15 +202,15 @@ class Profile:
             "runs": self.runs,
             "warmup": self.warmup,
             "measured_at": self.measured_at,
-            "end_to_end_ms": round(self.end_to_end_ms, 6),
-            "quality": {
-                "node_sum_ms": round(self.node_sum_ms, 6),
+            "end_to_end_ms": end_to_end,
+            "quality": {  # from the values as stored, so that saving a loaded profile writes the same file
+                "node_sum_ms": node_sum,
                 "call_overhead_ms": round(self.call_overhead_ms, 6),
                 "unattributed_ms": round(self.unattributed_ms, 6),
-                "node_sum_vs_end_to_end": round(self.node_sum_ms / self.end_to_end_ms, 4) if self.end_to_end_ms else None,
+                "node_sum_vs_end_to_end": round(node_sum / end_to_end, 4) if end_to_end else None,
             },
             "boundary": self.boundary.to_json(),
-            "nodes": {n.key: n.to_json() for n in self.nodes.values()},
+            "nodes": nodes,
         }
 
     def save(self, path: str | Path) -> Path:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from partitioner import PartitionError, profile
@@ -61,6 +64,18 @@ def test_json_round_trip(demo_profile: Profile, tmp_path: Path) -> None:
     assert loaded.nodes == demo_profile.nodes
     assert loaded.end_to_end_ms == pytest.approx(demo_profile.end_to_end_ms)
     assert loaded.shapes == demo_profile.shapes
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(end_to_end=st.floats(0.01, 0.05), scale=st.floats(0.1, 2.0))
+def test_saving_a_loaded_profile_writes_the_same_file(demo_profile: Profile, tmp_path: Path, end_to_end, scale) -> None:
+    """A bundle copies the profiles it was priced with: they must not change on the way (a derived ratio
+    computed from unrounded times once came out one digit off after a reload)."""
+    nodes = {i: replace(n, ms=n.ms * scale / 7) for i, n in demo_profile.nodes.items()}
+    first = replace(demo_profile, end_to_end_ms=end_to_end, nodes=nodes).to_json()
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(first))
+    assert Profile.load(path).to_json() == first
 
 
 def test_a_profile_is_refused_for_another_model_or_shape(demo_profile: Profile, tmp_path: Path) -> None:
