@@ -94,7 +94,7 @@ class EdgeRuntime:
         backend: str | None = None,
     ):
         self.bundle = Bundle(bundle)
-        self.bundle.check_model()  # the local fallback must be the version the segments were cut from
+        self.bundle.check_model(backend)  # the local fallback must be the version the segments were cut from
         m = self.bundle.manifest
         self.deadline_ms = float(deadline_ms)
         self.codec = codec_mod.parse(codec or m.codec)

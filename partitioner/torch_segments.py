@@ -51,7 +51,7 @@ from partitioner.measure import _run_exposing
 from partitioner.pytorch import from_torch, import_torch
 from partitioner.verify import edge_then_cloud
 from splitpoint.backends import Session, load_session, save_exported
-from splitpoint.bundle import Bundle, Manifest, Split, TensorSpec, write_manifest
+from splitpoint.bundle import Bundle, Manifest, Split, TensorSpec, file_sha256, write_manifest
 from splitpoint.compare import EXACT, TOLERANCE, Difference, difference
 from splitpoint.errors import SplitpointError
 
@@ -139,7 +139,8 @@ def write_torch_segments(root: Path, program: ExportedProgram, log: Log) -> None
         splits.append(_write_split(bundle, graph, s, probe, fx_values, cases))
         log(f"split {s.id}: PyTorch segments agree with the ONNX split, "
             f"max_rel {splits[-1].verification['torch']['max_rel']:.3g}")
-    write_manifest(root, replace(m, splits=tuple(splits), torch_model_file=MODEL_FILE))
+    write_manifest(root, replace(m, splits=tuple(splits), torch_model_file=MODEL_FILE,
+                                 torch_model_sha256=file_sha256(root / MODEL_FILE)))
 
 
 class _Unmatched(Exception):

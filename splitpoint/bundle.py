@@ -136,6 +136,7 @@ class Manifest:
     profiles: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
     torch_model_file: str | None = None  # the full model as a PyTorch program, beside the PyTorch segments
+    torch_model_sha256: str | None = None  # of torch_model_file (bundles from before it was recorded have none)
 
     def split(self, split_id: str) -> Split:
         for s in self.splits:
@@ -184,7 +185,10 @@ class Manifest:
                              for g in d.get("golden", [])),
                 profiles=tuple(_typed(f, str, "profile file") for f in d.get("profiles", [])),
                 torch_model_file=_typed(d.get("torch_model_file"), (str, type(None)), "torch_model_file"),
+                torch_model_sha256=_typed(d.get("torch_model_sha256"), (str, type(None)), "torch_model_sha256"),
             )
+            if manifest.torch_model_sha256 is not None and not _SHA256.fullmatch(manifest.torch_model_sha256):
+                raise ValueError(f"torch_model_sha256 {manifest.torch_model_sha256!r} is not 64 lowercase hex digits")
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"manifest is malformed: {type(e).__name__}: {e}") from None
         ids = [s.id for s in manifest.splits]
@@ -283,16 +287,18 @@ class Bundle:
     def model_path(self) -> Path:
         return self.path(self.manifest.model_file)
 
-    def check_model(self) -> None:
-        """Refuse a full model (with its external weights) whose sha256 is not the manifest's: another version."""
+    def check_model(self, backend: str | None = None) -> None:
+        """Refuse a full model (with its external weights) whose sha256 is not the manifest's: another version.
+
+        With ``backend="torch"`` the PyTorch program is checked too, where the manifest records its sha256.
+        """
         model = self.model_path()
         data = model.with_name(model.name + ".data")
-        sha = file_sha256(model, *([data] if data.is_file() else []))
-        if sha != self.manifest.model_sha256:
-            raise BundleError(
-                f"bundle {self.root}: {self.manifest.model_file} has sha256 {sha[:12]}..., the manifest says "
-                f"{self.manifest.model_sha256[:12]}...: the model file was replaced or damaged"
-            )
+        _check_sha(self.root, self.manifest.model_file, file_sha256(model, *([data] if data.is_file() else [])),
+                   self.manifest.model_sha256)
+        m = self.manifest
+        if backend == TORCH and m.torch_model_file is not None and m.torch_model_sha256 is not None:
+            _check_sha(self.root, m.torch_model_file, file_sha256(self.path(m.torch_model_file)), m.torch_model_sha256)
 
     def golden_cases(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
         cases = []
@@ -303,6 +309,12 @@ class Bundle:
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.root)!r}, splits={[s.id for s in self.manifest.splits]})"
+
+
+def _check_sha(root: Path, rel: str, sha: str, recorded: str) -> None:
+    if sha != recorded:
+        raise BundleError(f"bundle {root}: {rel} has sha256 {sha[:12]}..., the manifest says {recorded[:12]}...: "
+                          "the model file was replaced or damaged")
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

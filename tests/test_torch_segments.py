@@ -189,3 +189,21 @@ def test_cli_split_of_a_factory_writes_pytorch_segments(tmp_path: Path, capsys: 
     assert s.torch_edge_file and s.verification["torch"]["max_rel"] <= TOLERANCE
     assert main(["split", *common, "-o", str(tmp_path / "onnx_only"), "--no-torch-segments"]) == 0
     assert Bundle(tmp_path / "onnx_only").manifest.splits[0].torch_edge_file is None
+
+
+def test_a_replaced_pytorch_program_is_refused_at_load(resnet_bundle: Path, tmp_path: Path) -> None:
+    """The torch backend's local fallback must be the model the worker's segments were cut from, as with ONNX."""
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(resnet_bundle, bundle)
+    m = Bundle(bundle).manifest
+    assert m.torch_model_sha256 is not None
+    with EdgeRuntime(bundle, split="local", backend="torch"):
+        pass
+    program = bundle / m.torch_model_file
+    program.write_bytes(program.read_bytes() + b"\0")  # replaced or damaged
+    with pytest.raises(BundleError, match=rf"{m.torch_model_file} has sha256 .* the model file was replaced or damaged"):
+        EdgeRuntime(bundle, split="local", backend="torch")
+    with EdgeRuntime(bundle, split="local"):  # the ONNX model is untouched and still loads
+        pass
