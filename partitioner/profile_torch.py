@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +45,7 @@ import numpy as np
 
 from partitioner.errors import PartitionError
 from partitioner.profile import NodeProfile, Profile, assemble
+from partitioner.pytorch import run_child
 from partitioner.source import Source
 
 _CALL_SUFFIX = re.compile(r"_\d+$")  # the legacy exporter's second call of a module: relu_1
@@ -62,16 +61,9 @@ def profile_module(source: Source, spec: str, threads: int, runs: int, warmup: i
     with tempfile.TemporaryDirectory(prefix="splitpoint-torch-profile-") as tmp:
         inputs, out = Path(tmp) / "inputs.npz", Path(tmp) / "calls.json"
         np.savez(inputs, *(feeds[name] for name in source.view.inputs))
-        command = [sys.executable, "-m", "partitioner.profile_torch", file, factory, str(inputs), str(out),
-                   "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup)]
-        root = str(Path(__file__).resolve().parents[1])  # the child imports this very partitioner
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            reported = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-            raise PartitionError(reported[-1] if reported else f"{spec}: profiling in torch failed: "
-                                 f"{lines[-1] if lines else done.returncode}")
+        run_child("partitioner.profile_torch", [file, factory, str(inputs), str(out), "--threads", str(threads),
+                                                "--runs", str(runs), "--warmup", str(warmup)],
+                  f"{spec}: profiling in torch failed")
         measured = json.loads(out.read_text())
     ms, kernels, unattributed = attribute(source, measured["modules"], measured["calls"], dynamo)
     view = source.view

@@ -262,18 +262,24 @@ def export_factory(
     if not _torch_installed():
         raise PartitionError(f"PyTorch is not installed; to export {spec}: {TORCH_EXTRA}")
     out = directory / f"{name}.onnx"
-    command = [sys.executable, "-m", "partitioner.torch_child", str(file), name, str(out),
-               *(a for s in example_shapes for a in ("--example-shape", s)), *(["--dynamo"] if dynamo else []),
-               *(["--program"] if program else [])]
+    log(f"exporting {spec} to ONNX with the {'dynamo' if dynamo else 'legacy'} exporter, in a subprocess")
+    run_child("partitioner.torch_child", [str(file), name, str(out),
+                                          *(a for s in example_shapes for a in ("--example-shape", s)),
+                                          *(["--dynamo"] if dynamo else []), *(["--program"] if program else [])],
+              f"{spec}: exporting failed")
+    return out
+
+
+def run_child(module: str, args: Sequence[str], failed: str) -> None:
+    """Run ``python -m module args`` (torch work stays out of this process); a failure becomes one
+    PartitionError: the child's last ``error:`` line, or ``failed`` and its last line of stderr."""
     root = str(Path(__file__).resolve().parents[1])  # the child imports this very partitioner
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    log(f"exporting {spec} to ONNX with the {'dynamo' if dynamo else 'legacy'} exporter, in a subprocess")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         reported = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        raise PartitionError(reported[-1] if reported else f"{spec}: exporting failed: {lines[-1] if lines else done.returncode}")
-    return out
+        raise PartitionError(reported[-1] if reported else f"{failed}: {lines[-1] if lines else done.returncode}")
 
 
 def _torch_installed() -> bool:
