@@ -53,7 +53,9 @@ def main() -> None:
         f"process, {args.threads} thread(s), {args.rounds} interleaved rounds of {args.runs} timed calls "
         "after 5 warm-up calls; p50/p95 over all timed calls. *peak MB* is the process's ru_maxrss (python, "
         "numpy, the engine and the model); *model MB* is the resident memory that loading and running the model "
-        "added once the engine was imported. *max |diff|* compares outputs with the first row's on the same input.",
+        "added once the engine was imported. *max_rel* compares outputs with the first row's on the same input "
+        "(the largest difference relative to the output's magnitude); *agrees* says whether that is within "
+        "splitpoint.compare's tolerance for two correct runtimes.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} vCPUs (shared VM; other work ran "
         f"meanwhile), Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, torch "

@@ -48,7 +48,10 @@ class Worker:
     def stop(self, grace: float = DEFAULT_GRACE_S) -> None:
         """Report NOT_SERVING, refuse new calls, let running ones finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)
+        log.info("no longer accepting calls; letting those in flight finish (up to %gs)", grace,
+                 extra={"event": "refusing"})
+        stopped.wait()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

@@ -8,7 +8,9 @@ The processes take turns: every round runs each backend ``runs`` times, so
 drift of a shared machine hits them alike; latencies are pooled over rounds.
 Inputs are generated once and fed to every backend by position (formats name
 them differently) and the outputs are compared with the first backend's, so
-the table is about the same computation.
+the table is about the same computation: "max_rel" is the largest difference
+relative to the output's magnitude, "agrees" whether it is within
+``splitpoint.compare``'s tolerance for two correct runtimes.
 
 A model is a file (``.onnx``: onnxruntime, ``.tflite``: LiteRT, ``.pt``:
 TorchScript with splitpoint specs, see ``save_torchscript``) or
@@ -35,6 +37,7 @@ import numpy as np
 
 from splitpoint import dtypes
 from splitpoint.backends import load_session
+from splitpoint.compare import Difference, difference
 from splitpoint.errors import SplitpointError
 
 _BACKEND_OF = {".onnx": "onnxruntime", ".tflite": "litert", ".pt": "torch"}
@@ -49,16 +52,17 @@ class Result:
     import_mb: float  # resident memory once the engine was imported, before loading
     resident_mb: float  # resident memory after loading and all the runs
     peak_mb: float  # the process's high-water mark (ru_maxrss)
-    max_abs_diff: float | None = None  # against the first backend's outputs
+    agreement: Difference | None = None  # with the first backend's outputs
 
     def row(self) -> list[str]:
         lat = np.array(self.latencies_ms)
-        diff = "reference" if self.max_abs_diff is None else f"{self.max_abs_diff:.2g}"
+        d = self.agreement
+        diff = ["reference", "-"] if d is None else [f"{d.max_rel:.2g}", "yes" if d.ok else "NO"]
         return [self.backend, self.model, f"{self.load_ms:.0f}", f"{np.percentile(lat, 50):.2f}",
-                f"{np.percentile(lat, 95):.2f}", f"{self.peak_mb:.0f}", f"{self.resident_mb - self.import_mb:.0f}", diff]
+                f"{np.percentile(lat, 95):.2f}", f"{self.peak_mb:.0f}", f"{self.resident_mb - self.import_mb:.0f}", *diff]
 
 
-HEADER = ["backend", "model", "load ms", "p50 ms", "p95 ms", "peak MB", "model MB", "max |diff|"]
+HEADER = ["backend", "model", "load ms", "p50 ms", "p95 ms", "peak MB", "model MB", "max_rel", "agrees"]
 _ENGINES = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter", "torch": "torch"}
 
 
@@ -253,16 +257,14 @@ def bench(
             shown = c.path.name if c.path.parent != work else f"{c.path.name} (exported)"
             results.append(Result(c.backend, shown, c.ready["load_ms"], lat, c.ready["import_mb"], mem["resident_mb"],
                                   mem["peak_mb"],
-                                  None if i == 0 else _max_diff(work / "outputs0.npz", work / f"outputs{i}.npz")))
+                                  None if i == 0 else _agreement(work / "outputs0.npz", work / f"outputs{i}.npz")))
         return results
 
 
-def _max_diff(reference: Path, other: Path) -> float:
+def _agreement(reference: Path, other: Path) -> Difference:
+    """The outputs of ``other`` against ``reference``, by position, under ``splitpoint.compare``'s rule."""
     with np.load(reference) as a, np.load(other) as b:
-        if len(a.files) != len(b.files):
-            return float("inf")
-        return max((float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) if a[k].shape == b[k].shape
-                    else float("inf")) for k in a.files)
+        return difference(dict(a.items()), dict(b.items()))
 
 
 def format_table(results: Sequence[Result]) -> str:

@@ -52,7 +52,7 @@ from partitioner.pytorch import from_torch, import_torch
 from partitioner.verify import edge_then_cloud
 from splitpoint.backends import Session, load_session, save_exported
 from splitpoint.bundle import Bundle, Manifest, Split, TensorSpec, file_sha256, write_manifest
-from splitpoint.compare import EXACT, TOLERANCE, Difference, difference
+from splitpoint.compare import EXACT, Difference, difference
 from splitpoint.errors import SplitpointError
 
 if TYPE_CHECKING:
@@ -329,8 +329,7 @@ def _agreement(reference: Tensors, actual: Tensors, what: str, case: int) -> Dif
                                  f"{ref.dtype}{list(ref.shape)} (golden case {case})")
         d = difference({name: ref}, {name: got})
         if not d.ok:
-            raise PartitionError(f"{what} does not reproduce {name!r} on golden case {case}: max_abs={d.max_abs:.3g}, "
-                                 f"max_rel={d.max_rel:.3g} (tolerance {TOLERANCE:g})")
+            raise PartitionError(f"{what} does not reproduce {name!r} on golden case {case}: {d.describe()}")
         worst = worst.worst(d)
     return worst
 

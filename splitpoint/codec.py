@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from splitpoint.dtypes import dtype_name, numpy_dtype, supported_names, to_oip
+from splitpoint.dtypes import dtype_name, float_info, numpy_dtype, supported_names, to_oip
 from splitpoint.errors import CodecError, WireError
 
 PARAM = "splitpoint.codec"
@@ -316,7 +316,7 @@ def _dequantise(payload: bytes | np.ndarray, out: np.ndarray, axis: int | None, 
     if not (np.isfinite(scale).all() and (scale > 0).all()):
         raise _fail(name, "quantisation scales must be finite and positive")
     data = np.frombuffer(payload, np.uint8, rows * cols, _QHEADER.size + 9 * channels).reshape(rows, cols)
-    limit = _max_finite(out.dtype)
+    limit = float(float_info(out.dtype).max)
     with np.errstate(over="ignore"):
         clip = bool((np.maximum(zero, 255 - zero) * scale > limit).any())
     target = out.reshape(rows, cols)
@@ -481,14 +481,6 @@ def _byte_view(data: bytes | memoryview, name: str) -> memoryview:
 
 def _little(dtype: np.dtype) -> np.dtype:
     return dtype.newbyteorder("<")
-
-
-def _max_finite(dtype: np.dtype) -> float:
-    if dtype.name == "bfloat16":
-        import ml_dtypes  # present whenever a bfloat16 dtype exists
-
-        return float(ml_dtypes.finfo(dtype).max)
-    return float(np.finfo(dtype).max)
 
 
 def _described(dtype: np.dtype, shape: Sequence[int]) -> str:

@@ -79,3 +79,10 @@ def from_onnx(code: int) -> str:
 
 def supported_names() -> list[str]:
     return list(_TABLE)
+
+
+def float_info(dtype: np.dtype) -> np.finfo | None:
+    """numpy's finfo for a floating dtype, bfloat16 included (numpy does not know it); None for the others."""
+    if _BF16 is not None and dtype == _BF16:
+        return _ml_dtypes.finfo(dtype)
+    return np.finfo(dtype) if dtype.kind in "fc" else None

@@ -48,13 +48,28 @@ def start_worker(
 
     ``args`` are extra ``serve`` flags; ``tls`` is how to reach a worker started with TLS flags.
     """
+    proc = spawn_worker(bundles, port, log_path, args)
+    wait_serving(proc, port, log_path, timeout, tls)
+    return proc
+
+
+def spawn_worker(
+    bundles: Path | list[Path],
+    port: int,
+    log_path: Path,
+    args: Sequence[str] = (),
+    launcher: Sequence[str] = (sys.executable, "-m", "splitpoint"),
+) -> subprocess.Popen:
+    """Start ``LAUNCHER serve BUNDLES --port PORT ARGS`` with its output in ``log_path``; it is not ready yet."""
     paths = [str(b) for b in (bundles if isinstance(bundles, list) else [bundles])]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "splitpoint", "serve", *paths, "--port", str(port), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        return subprocess.Popen([*launcher, "serve", *paths, "--port", str(port), *args],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_serving(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 60.0,
+                 tls: ClientTLS | None = None) -> None:
+    """Wait until the worker ``proc`` on ``port`` answers health checks as SERVING; kill it if it does not."""
     client = WorkerClient(f"127.0.0.1:{port}", tls=tls)
     try:
         deadline = time.monotonic() + timeout
@@ -67,7 +82,6 @@ def start_worker(
             time.sleep(0.05)
     finally:
         client.close()
-    return proc
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> None:

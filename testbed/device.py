@@ -32,13 +32,16 @@ class CpuLimit:
     Use as a context manager around the code that should run slowly:
     ``with CpuLimit(0.25): rt.infer(x)`` moves this whole process (all its
     threads) into the group and back out on exit. Child processes started
-    inside inherit the limit; start the worker before entering.
+    inside inherit the limit; start the worker before entering. With ``pid``
+    another process is limited instead (a worker under test), and the group
+    is removed on exit once that process has ended or been moved back.
     """
 
-    def __init__(self, cpus: float):
+    def __init__(self, cpus: float, pid: int | None = None):
         if not cpus > 0:
             raise ValueError(f"cpus must be positive, got {cpus}")
         self.cpus = cpus
+        self.pid = os.getpid() if pid is None else pid
         self.method = "none"
         self._group: Path | None = None
         self._previous_affinity: set[int] | None = None
@@ -47,21 +50,25 @@ class CpuLimit:
     def __enter__(self) -> CpuLimit:
         self._group, self.method = _make_group(self.cpus)
         if self._group is not None:
-            self._previous_group = _current_group(self.method)
-            (self._group / "cgroup.procs").write_text(str(os.getpid()))
+            self._previous_group = _current_group(self.method, self.pid)
+            (self._group / "cgroup.procs").write_text(str(self.pid))
         else:
-            self._previous_affinity = os.sched_getaffinity(0)
-            pin(os.getpid(), {min(self._previous_affinity)})
+            self._previous_affinity = os.sched_getaffinity(self.pid)
+            pin(self.pid, {min(self._previous_affinity)})
             self.method = "affinity (1 core; a cgroup quota was not available)"
         return self
 
     def __exit__(self, *exc) -> None:
+        try:
+            if self._group is not None:
+                (self._previous_group / "cgroup.procs").write_text(str(self.pid))  # type: ignore[operator]
+            elif self._previous_affinity is not None:
+                pin(self.pid, self._previous_affinity)
+        except ProcessLookupError:  # the limited process has ended: nothing to move back
+            pass
         if self._group is not None:
-            (self._previous_group / "cgroup.procs").write_text(str(os.getpid()))  # type: ignore[operator]
             self._group.rmdir()
             self._group = None
-        elif self._previous_affinity is not None:
-            pin(os.getpid(), self._previous_affinity)
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -99,9 +106,9 @@ def _make_group(cpus: float) -> tuple[Path | None, str]:
     return None, "none"
 
 
-def _current_group(method: str) -> Path:
-    """The cgroup this process is in now, to return to it."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+def _current_group(method: str, pid: int) -> Path:
+    """The cgroup process ``pid`` is in now, to return it there."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if method.startswith("cgroup v1") and "cpu" in controllers.split(","):
             return CGROUP_V1 / path.lstrip("/")

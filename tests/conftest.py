@@ -1,8 +1,16 @@
-"""Shared fixtures: the demo CNN, a bundle cut from it, and real worker processes."""
+"""Shared fixtures: the demo CNN, a bundle cut from it, and real worker processes.
+
+Set ``SPLITPOINT_TEST_WORKER_CPUS`` (for example ``0.25``) to run every worker
+the tests start under that CPU quota (``testbed.device.CpuLimit``), from its
+start-up on: the suite must pass on a slow server as on a fast one.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,8 +19,12 @@ import numpy as np
 import pytest
 
 from edge.client import ClientTLS
-from testbed.demo import CUT, free_port, start_worker
+from testbed.demo import CUT, free_port, spawn_worker, wait_serving
+from testbed.device import CpuLimit
 from testbed.models import save_demo_cnn
+
+WORKER_CPUS = "SPLITPOINT_TEST_WORKER_CPUS"
+GATED_WORKER = Path(__file__).with_name("gated_worker.py")
 
 
 @pytest.fixture(scope="session")
@@ -30,27 +42,72 @@ def demo_bundle(demo_model, tmp_path_factory) -> Path:
     return out
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "the worker") -> None:
+    """Poll ``condition`` until it holds: tests wait on state (gauges, circuit, logs), never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def circuit_closing(rt) -> Callable[[], bool]:
+    """Whether ``rt``'s background probe has found its worker again (the circuit is no longer open)."""
+    from edge.breaker import State
+
+    return lambda: rt.breaker.state is not State.OPEN
+
+
+class Gate:
+    """Holds every computation of a worker started with it while closed (tests/gated_worker.py)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def close(self) -> None:
+        self.path.touch()
+
+    def open(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class RunningWorker:
-    """A ``splitpoint serve`` process; ``args`` are extra serve flags, ``tls`` how to reach it if they turn TLS on."""
+    """A ``splitpoint serve`` process; ``args`` are extra serve flags, ``tls`` how to reach it if they turn TLS on,
+    ``gate`` one that holds its computations while closed."""
 
     def __init__(self, bundles: list[Path], log: Path, port: int | None = None,
-                 args: Sequence[str] = (), tls: ClientTLS | None = None):
+                 args: Sequence[str] = (), tls: ClientTLS | None = None, gate: Gate | None = None):
         self.bundles = bundles
         self.log = log
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.args = list(args)
         self.tls = tls
+        self.gate = gate
         self.proc: subprocess.Popen | None = None
+        self._limit: CpuLimit | None = None
 
     def start(self) -> RunningWorker:
-        self.proc = start_worker(self.bundles, self.port, self.log, args=self.args, tls=self.tls)
+        launcher = [sys.executable, "-m", "splitpoint"] if self.gate is None else \
+            [sys.executable, str(GATED_WORKER), str(self.gate.path)]
+        self.proc = spawn_worker(self.bundles, self.port, self.log, self.args, launcher)
+        cpus = os.environ.get(WORKER_CPUS)
+        if cpus:
+            self._limit = CpuLimit(float(cpus), self.proc.pid).__enter__()
+            method = self._limit.method
+            if not method.startswith("cgroup"):  # pinning to a core is no quarter of one
+                self.kill()
+                raise RuntimeError(f"{WORKER_CPUS}={cpus}: no cgroup CPU quota could be made here ({method}); "
+                                   "it needs root on Linux")
+        wait_serving(self.proc, self.port, self.log, tls=self.tls)
         return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self._limit is not None:
+            self._limit.__exit__(None, None, None)
+            self._limit = None
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -61,8 +118,9 @@ def _workers(directory: Path) -> Iterator[Callable[..., RunningWorker]]:
     """A factory of real `splitpoint serve` processes on free loopback ports; all are killed on exit."""
     started: list[RunningWorker] = []
 
-    def make(*bundles: Path, port: int | None = None, args: Sequence[str] = (), tls: ClientTLS | None = None) -> RunningWorker:
-        w = RunningWorker(list(bundles), directory / f"worker{len(started)}.log", port, args, tls)
+    def make(*bundles: Path, port: int | None = None, args: Sequence[str] = (), tls: ClientTLS | None = None,
+             gate: Gate | None = None) -> RunningWorker:
+        w = RunningWorker(list(bundles), directory / f"worker{len(started)}.log", port, args, tls, gate)
         started.append(w)
         return w.start()
 
@@ -75,7 +133,7 @@ def _workers(directory: Path) -> Iterator[Callable[..., RunningWorker]]:
 
 @pytest.fixture
 def worker_factory(tmp_path) -> Iterator[Callable[..., RunningWorker]]:
-    """Start real `splitpoint serve` processes for one test: ``make(*bundles, port=, args=, tls=)``."""
+    """Start real `splitpoint serve` processes for one test: ``make(*bundles, port=, args=, tls=, gate=)``."""
     with _workers(tmp_path) as make:
         yield make
 

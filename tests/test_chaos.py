@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from conftest import circuit_closing, wait_for
 
 from edge import EdgeRuntime
 from splitpoint.compare import difference
@@ -46,8 +47,8 @@ def test_kill_blackhole_restart_during_1000_requests(demo_bundle, worker_factory
                 late.append((i, round(took, 1), t.path, t.fallback_reason))
             wrong += not difference(want[i % len(frames)], y).ok
             paths.append(t.path)
-            if i in (300, 650):  # give the health probe time to find the worker again
-                time.sleep(2.5)
+            if i in (300, 650):  # the health probe finds the worker again
+                wait_for(circuit_closing(rt), what="the health probe to find the worker")
         counters = rt.counters
     assert wrong == 0
     assert not late, late[:10]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_worker_security as security
+from conftest import circuit_closing, wait_for
 
 from edge import EdgeRuntime
 from edge.client import ClientTLS, WorkerClient
@@ -205,6 +206,7 @@ def test_sigkill_mid_stream_then_restart_and_reset(demo_bundle, worker_factory, 
                 w.proc.send_signal(signal.SIGKILL)
             if i == 120:
                 worker_factory(demo_bundle, port=w.port)
+                wait_for(circuit_closing(rt), what="the health probe to find the restarted worker")
             if i == 240:
                 link.reset()
             if i >= 120:
@@ -260,7 +262,13 @@ def test_several_workers_one_hung_one_killed(demo_bundle, worker_factory, frames
             run(150, 90)
         finally:
             stop_hang(False)
-        time.sleep(1.0)  # the stopped worker drains what it queued (all of it expired) and answers again
+        # the stopped worker drains what it queued (all of it expired) and answers again
+        probe = WorkerClient(workers[0].address)
+        try:
+            wait_for(lambda: probe.serving(timeout=1.0), what="the resumed worker")
+        finally:
+            probe.close()
+        wait_for(circuit_closing(rt), what="the circuit to close")
         run(240, 60)
     ledger.check(300)
     assert healthy == 60

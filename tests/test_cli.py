@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from edge import EdgeRuntime
+from splitpoint.compare import array_difference
 
 
 def sp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -30,7 +31,7 @@ def test_infer_through_worker_writes_outputs(demo_bundle, worker, tmp_path, imag
     with EdgeRuntime(demo_bundle, split="local") as rt:
         want = rt.infer(image)["logits"]
     with np.load(tmp_path / "y.npz") as y:
-        np.testing.assert_allclose(y["logits"], want, rtol=1e-5, atol=1e-6)
+        assert array_difference(want, y["logits"]).ok
 
 
 def test_infer_without_worker_runs_locally(demo_bundle, tmp_path, image):

@@ -40,6 +40,25 @@ def test_a_short_call_is_slowed_too():
     assert walls[3] > 0.020, (walls, limit.method)  # 8 ms of CPU at a quarter core: about 32 ms
 
 
+def test_another_process_can_be_limited_and_the_group_goes_with_it():
+    """The test workers' quota (SPLITPOINT_TEST_WORKER_CPUS): a child with all its threads in the group, the group
+    removed once the child has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"], stdin=subprocess.PIPE, text=True)
+    try:
+        limit = CpuLimit(0.25, child.pid).__enter__()
+        if not limit.method.startswith("cgroup"):
+            limit.__exit__(None, None, None)
+            pytest.skip(f"no cgroup CPU quota on this machine ({limit.method})")
+        group = limit._group
+        assert str(child.pid) in (group / "cgroup.procs").read_text().split()
+        assert str(os.getpid()) not in (group / "cgroup.procs").read_text().split()  # this process is not limited
+        child.communicate("\n", timeout=10)
+        limit.__exit__(None, None, None)  # the child is gone: nothing to move back, the group is removed
+        assert not group.exists()
+    finally:
+        child.kill()
+
+
 def test_bad_quota():
     with pytest.raises(ValueError):
         CpuLimit(0)

@@ -46,11 +46,20 @@ def pooled_cnn(path: Path) -> Path:
     return path
 
 
+# Edge times in ms: the pooling is cheap, the convolutions on the pooled tensor are not. The profile is taken
+# for real (nodes, fusions, kernels) and its times are then set, so which cut wins does not hang on how fast,
+# or how busy, this CPU is.
+EDGE_MS = {"pool": 0.05, "c0": 0.1, "c1": 0.5, "c2": 0.5, "c3": 0.5, "gap": 0.01}
+
+
 @pytest.fixture(scope="module")
 def priced(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("pooled")
     model = pooled_cnn(root / "pooled.onnx")
-    edge = profile(model, threads=1, runs=5, warmup=2)
+    measured = profile(model, threads=1, runs=5, warmup=2)
+    nodes = {i: replace(n, ms=EDGE_MS.get(n.name, 0.0) if n.fused_into is None and not n.removed else 0.0)
+             for i, n in measured.nodes.items()}
+    edge = replace(measured, nodes=nodes, end_to_end_ms=sum(n.ms for n in nodes.values()))
     k = 20  # a cloud 20x faster than this machine's single thread
     cloud = replace(edge, nodes={i: replace(n, ms=n.ms / k) for i, n in edge.nodes.items()},
                     end_to_end_ms=edge.end_to_end_ms / k)
@@ -75,7 +84,7 @@ def test_the_bundle_holds_the_splits_that_win_somewhere_with_predicted_costs(bun
         cost = SplitCost.from_json(s.predicted)
         assert cost.local == (s.id == "local")
         if s.edge_file:
-            assert s.verification["exact"] or s.verification["max_rel"] < 1e-5
+            assert s.verification["ratio"] <= 1
     assert m.default_split in ids
     slow, fast = Link.parse("0.1mbit/1ms"), Link.parse("1gbit/1ms")
     costs = {s.id: SplitCost.from_json(s.predicted) for s in m.splits}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import circuit_closing, wait_for
 
 from edge import EdgeRuntime
 from splitpoint.compare import difference
@@ -103,6 +104,7 @@ def test_stream_resumes_on_the_worker_after_a_restart(demo_bundle, worker_factor
                 w.kill()
             if i == 20:
                 worker_factory(demo_bundle, port=w.port)
+                wait_for(circuit_closing(rt), what="the health probe to find the restarted worker")
             time.sleep(0.01)
             yield x
 

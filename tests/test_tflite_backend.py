@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from splitpoint.backends import LITERT_EXTRA, load_session
+from splitpoint.compare import array_difference
 from splitpoint.errors import SplitpointError
 from testbed import tflite_models as tm
 
@@ -42,14 +43,14 @@ def test_float_cnn_matches_the_numpy_reference(models):
     x = images(1)
     y = s.run({tm.INPUT: x})[tm.OUTPUT]
     assert y.dtype == np.float32 and y.shape == (1, 10)
-    np.testing.assert_allclose(y, tm.reference(x), rtol=1e-4, atol=1e-5)
+    assert array_difference(tm.reference(x), y).ok
 
 
 def test_dynamic_batch_resizes_and_back(models):
     s = load_session(models["float"])
     for n in (3, 1, 2):
         x = images(n, seed=n)
-        np.testing.assert_allclose(s.run({tm.INPUT: x})[tm.OUTPUT], tm.reference(x), rtol=1e-4, atol=1e-5)
+        assert array_difference(tm.reference(x), s.run({tm.INPUT: x})[tm.OUTPUT]).ok
 
 
 def test_int8_cnn_approximates_the_float_model(models):
@@ -72,7 +73,7 @@ def test_concurrent_calls_take_turns(models):
     with ThreadPoolExecutor(4) as pool:
         ys = list(pool.map(lambda x: s.run({tm.INPUT: x})[tm.OUTPUT], xs))
     for x, y in zip(xs, ys):
-        np.testing.assert_allclose(y, tm.reference(x), rtol=1e-4, atol=1e-5)
+        assert array_difference(tm.reference(x), y).ok
 
 
 def test_errors_name_the_file_and_the_problem(models, tmp_path):
@@ -96,7 +97,7 @@ def test_a_failed_resize_does_not_break_later_calls(models):
     with pytest.raises(SplitpointError, match="LiteRT failed"):
         s.run({tm.INPUT: np.zeros((1, 16, 16), np.float32)})  # rank 3 where the convs need 4
     x = images(1)
-    np.testing.assert_allclose(s.run({tm.INPUT: x})[tm.OUTPUT], tm.reference(x), rtol=1e-4, atol=1e-5)
+    assert array_difference(tm.reference(x), s.run({tm.INPUT: x})[tm.OUTPUT]).ok
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

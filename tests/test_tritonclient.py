@@ -2,15 +2,15 @@
 
 One worker process serves four bundles: the demo CNN, a torch-exported
 ResNet-like network cut across a skip connection by the partitioner, a small
-graph with FP16, INT64 and BOOL tensors, and a slow MLP that can hold the only
-compute slot (``--max-inflight 1``) long enough to test queue timeouts.
+graph with FP16, INT64 and BOOL tensors, and an MLP. The worker is gated
+(tests/gated_worker.py), so a request can hold its only compute slot
+(``--max-inflight 1``) for as long as a queue-timeout test needs.
 Every answer is compared with local onnxruntime.
 """
 
 from __future__ import annotations
 
 import queue
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,7 +18,9 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as tc
+from conftest import Gate, wait_for
 from onnx import TensorProto, helper, numpy_helper
+from test_worker_ops import Metrics
 from tritonclient.utils import InferenceServerException
 
 import splitpoint
@@ -27,14 +29,15 @@ from splitpoint import dtypes, wire
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.backends import load_session
 from splitpoint.bundle import Bundle, segment_model_name
-from splitpoint.compare import difference
+from splitpoint.compare import array_difference, difference
+from testbed.demo import free_port
 from testbed.models import mlp
 
 zoo = pytest.importorskip("testbed.zoo")
 
 SLOW = "slow.cloud"
 SLOW_WIDTH = 512
-BLOCKER_ROWS = 4096  # about a second of compute on one thread
+BLOCKER_ROWS = 64
 
 
 def _dtypes_model() -> onnx.ModelProto:
@@ -77,8 +80,19 @@ def bundles(demo_bundle, tmp_path_factory) -> dict[str, Bundle]:
 
 
 @pytest.fixture(scope="module")
-def worker(module_worker_factory, bundles):
-    return module_worker_factory(*(b.root for b in bundles.values()), args=["--threads", "1", "--max-inflight", "1"])
+def gate(tmp_path_factory) -> Gate:
+    return Gate(tmp_path_factory.mktemp("gate") / "closed")
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def worker(module_worker_factory, bundles, gate, metrics_port):
+    return module_worker_factory(*(b.root for b in bundles.values()), gate=gate,
+                                 args=["--threads", "1", "--max-inflight", "1", "--metrics-port", str(metrics_port)])
 
 
 @pytest.fixture(scope="module")
@@ -231,28 +245,29 @@ def test_reserved_parameters_of_the_wrong_type_or_sign_name_the_parameter(worker
     assert repr(key) in info.value.details()
 
 
-def test_timeout_is_a_queue_deadline_answered_unavailable_uncomputed(client, bundles):
+def test_timeout_is_a_queue_deadline_answered_unavailable_uncomputed(client, bundles, gate, metrics_port):
     """Like Triton's queue timeout: a request still waiting for compute when its ``timeout`` (µs) passes
     is dropped and answered UNAVAILABLE ("request timeout expired"); one without a timeout waits its turn."""
     small = _slow_rows(2)
     want = load_session(bundles["slow"].model_path()).run(small)["score"]
+    computed = lambda: Metrics(metrics_port)("splitpoint_worker_compute_duration_seconds_count", model=SLOW)
+    before = computed()
     with ThreadPoolExecutor(2) as pool:
-        blocker = pool.submit(client.infer, SLOW, _inputs(_slow_rows(BLOCKER_ROWS)))
-        refused_after, blocker_still_computing = None, False
-        while refused_after is None and not blocker.done():  # until the blocker holds the only slot
-            start = time.monotonic()
-            try:
-                np.testing.assert_allclose(client.infer(SLOW, _inputs(small), timeout=50_000).as_numpy("score"), want,
-                                           rtol=1e-5)
-            except InferenceServerException as e:
-                blocker_still_computing = not blocker.done()
-                assert "UNAVAILABLE" in str(e.status()) and "timeout expired" in e.message(), e
-                refused_after = time.monotonic() - start
-        patient = pool.submit(client.infer, SLOW, _inputs(small))  # no timeout: answered after the blocker
+        gate.close()
+        try:
+            blocker = pool.submit(client.infer, SLOW, _inputs(_slow_rows(BLOCKER_ROWS)))
+            wait_for(lambda: Metrics(metrics_port)("splitpoint_worker_inflight_requests") == 1)
+            with pytest.raises(InferenceServerException) as info:  # answered while the slot is still held
+                client.infer(SLOW, _inputs(small), timeout=50_000)
+            assert "UNAVAILABLE" in str(info.value.status()) and "timeout expired" in info.value.message()
+            patient = pool.submit(client.infer, SLOW, _inputs(small))  # no timeout: answered after the blocker
+            wait_for(lambda: Metrics(metrics_port)("splitpoint_worker_queue_depth") == 1)
+            assert not blocker.done() and not patient.done()
+        finally:
+            gate.open()
         assert blocker.result(timeout=120).as_numpy("score").shape == (BLOCKER_ROWS,)
-        np.testing.assert_allclose(patient.result(timeout=120).as_numpy("score"), want, rtol=1e-5)
-    assert refused_after is not None, "the blocker finished before a probe found it computing"
-    assert blocker_still_computing and refused_after < 1.0  # refused after its 50 ms, not after the blocker's run
+        assert array_difference(want, patient.result(timeout=120).as_numpy("score")).ok
+    assert computed() - before == 2  # the blocker and the patient one; the one that timed out was never run
 
 
 def test_unknown_model_error_reaches_tritonclient(client):

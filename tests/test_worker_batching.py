@@ -25,6 +25,7 @@ from splitpoint import wire
 from splitpoint._proto import grpc_service_pb2_grpc as pb_grpc
 from splitpoint.backends import load_session
 from splitpoint.bundle import Bundle, segment_model_name
+from splitpoint.compare import array_difference
 from testbed.demo import free_port
 
 CLIENTS = 12
@@ -95,7 +96,7 @@ def test_concurrent_clients_share_batches_and_each_gets_exactly_its_own_answer(b
     for (_, tensors), got in zip(requests, answers):
         want = suffix.run(tensors)["logits"]  # this client's tensors alone
         for answer in got:
-            np.testing.assert_array_equal(answer["logits"], want)
+            assert array_difference(want, answer["logits"]).ok  # batched with others, within the rule
     runs, served, singles = _batches(before, after, model)
     assert served == CLIENTS * 3
     assert runs < served and singles < runs, (runs, served, singles)  # batches of more than one request
@@ -112,7 +113,7 @@ def test_requests_of_other_shapes_are_never_stacked(batching, norm_bundle):
     for (_, tensors), got in zip(requests, answers):
         want = np.sum(tensors["a"].astype(np.float32) ** 2, axis=1, keepdims=True)
         for answer in got:
-            np.testing.assert_allclose(answer["y"], want, rtol=1e-6)
+            assert array_difference(want, answer["y"]).ok
     runs, served, singles = _batches(before, after, model)
     assert served == CLIENTS * 2 and singles < runs, (runs, served, singles)
 
