@@ -87,7 +87,8 @@ def test_module_times_land_on_the_export_nodes(factory: str, dynamo: bool) -> No
     assert len(folded) == 2  # each block's batch norm, folded into its first conv by the exporter, is charged there
     assert all(any(k.startswith("aten::add[") for k in n.kernels) for n in by_type["Add"])
     assert [n.kernels for n in by_type["ReduceMean"]] == [("aten::mean[1, 16, 32, 32]",)]
-    assert p.unattributed_ms == pytest.approx(0, abs=0.05)  # only the Sequential container's own bookkeeping
+    # only the Sequential container's own bookkeeping: small beside the nodes on a fast CPU or a slow one
+    assert abs(p.unattributed_ms) < 0.1 * p.node_sum_ms, (p.unattributed_ms, p.node_sum_ms)
     assert p.end_to_end_ms > p.call_overhead_ms > 0 and p.node_sum_ms > 0
     assert p.boundary.cuts == ()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import circuit_closing, wait_for
+from conftest import Gate, circuit_closing, wait_for
 
 from edge import EdgeRuntime
 from splitpoint.compare import difference
@@ -64,11 +64,18 @@ def test_stream_without_worker_finishes_everything_locally(demo_bundle, expected
     _check(outputs, want[:8])
 
 
-def test_frame_over_budget_is_finished_locally(demo_bundle, worker, expected):
+def test_frame_over_budget_is_finished_locally(demo_bundle, worker_factory, expected, tmp_path):
+    """The worker holds every frame (its gate is closed): each frame's budget passes, whatever the CPU's speed."""
     frames, want = expected
-    with EdgeRuntime(demo_bundle, cloud=worker.address, failure_threshold=100) as rt:
-        outputs = list(rt.stream(frames[:5], deadline_ms=0.001))
-        assert rt.counters.fallback_reasons["deadline exceeded"] == 5
+    gate = Gate(tmp_path / "closed")
+    w = worker_factory(demo_bundle, gate=gate)
+    gate.close()
+    try:
+        with EdgeRuntime(demo_bundle, cloud=w.address, failure_threshold=100) as rt:
+            outputs = list(rt.stream(frames[:5], deadline_ms=50))
+            assert rt.counters.fallback_reasons["deadline exceeded"] == 5
+    finally:
+        gate.open()
     _check(outputs, want[:5])
 
 
