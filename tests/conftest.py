@@ -71,11 +71,11 @@ class Gate:
 
 
 class RunningWorker:
-    """A ``splitpoint serve`` process; ``args`` are extra serve flags, ``tls`` how to reach it if they turn TLS on,
-    ``gate`` one that holds its computations while closed."""
+    """A ``splitpoint [GLOBAL_ARGS] serve`` process; ``args`` are extra serve flags, ``tls`` how to reach it if they
+    turn TLS on, ``gate`` one that holds its computations while closed."""
 
-    def __init__(self, bundles: list[Path], log: Path, port: int | None = None,
-                 args: Sequence[str] = (), tls: ClientTLS | None = None, gate: Gate | None = None):
+    def __init__(self, bundles: list[Path], log: Path, port: int | None = None, args: Sequence[str] = (),
+                 tls: ClientTLS | None = None, gate: Gate | None = None, global_args: Sequence[str] = ()):
         self.bundles = bundles
         self.log = log
         self.port = port or free_port()
@@ -83,12 +83,14 @@ class RunningWorker:
         self.args = list(args)
         self.tls = tls
         self.gate = gate
+        self.global_args = list(global_args)
         self.proc: subprocess.Popen | None = None
         self._limit: CpuLimit | None = None
 
     def start(self) -> RunningWorker:
         launcher = [sys.executable, "-m", "splitpoint"] if self.gate is None else \
             [sys.executable, str(GATED_WORKER), str(self.gate.path)]
+        launcher += self.global_args
         self.proc = spawn_worker(self.bundles, self.port, self.log, self.args, launcher)
         cpus = os.environ.get(WORKER_CPUS)
         if cpus:
@@ -119,8 +121,8 @@ def _workers(directory: Path) -> Iterator[Callable[..., RunningWorker]]:
     started: list[RunningWorker] = []
 
     def make(*bundles: Path, port: int | None = None, args: Sequence[str] = (), tls: ClientTLS | None = None,
-             gate: Gate | None = None) -> RunningWorker:
-        w = RunningWorker(list(bundles), directory / f"worker{len(started)}.log", port, args, tls, gate)
+             gate: Gate | None = None, global_args: Sequence[str] = ()) -> RunningWorker:
+        w = RunningWorker(list(bundles), directory / f"worker{len(started)}.log", port, args, tls, gate, global_args)
         started.append(w)
         return w.start()
 
@@ -133,7 +135,7 @@ def _workers(directory: Path) -> Iterator[Callable[..., RunningWorker]]:
 
 @pytest.fixture
 def worker_factory(tmp_path) -> Iterator[Callable[..., RunningWorker]]:
-    """Start real `splitpoint serve` processes for one test: ``make(*bundles, port=, args=, tls=, gate=)``."""
+    """Start real `splitpoint serve` processes for one test: ``make(*bundles, port=, args=, tls=, gate=, global_args=)``."""
     with _workers(tmp_path) as make:
         yield make
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,7 +30,6 @@ from edge import EdgeRuntime
 from edge.client import ClientTLS, WorkerClient
 from splitpoint.bundle import Bundle
 from splitpoint.compare import difference
-from testbed.demo import free_port
 from testbed.linkproxy import LinkProxy
 
 BUDGET_MS = 200.0
@@ -285,26 +282,14 @@ TOKEN = security.TOKEN
 
 
 @pytest.fixture(scope="module")
-def secured(demo_bundle, pki, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+def secured(demo_bundle, pki, tmp_path_factory, module_worker_factory) -> tuple[str, Path]:
     """A worker with TLS and a bearer token, at its most verbose (-v): its address and its log."""
     d = tmp_path_factory.mktemp("secured")
     (d / "token").write_text(TOKEN + "\n")
-    port, log = free_port(), d / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "splitpoint", "-v", "serve", str(demo_bundle), "--port", str(port),
-                                 "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
-                                 "--token-file", str(d / "token")], stdout=out, stderr=subprocess.STDOUT)
-    probe = WorkerClient(f"127.0.0.1:{port}", tls=ClientTLS(root_ca=pki.ca))
-    try:
-        deadline = time.monotonic() + 60
-        while not probe.serving(timeout=0.5):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}", log
-    finally:
-        probe.close()
-        proc.kill()
-        proc.wait()
+    w = module_worker_factory(demo_bundle, global_args=["-v"], tls=ClientTLS(root_ca=pki.ca),
+                              args=["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+                                    "--token-file", str(d / "token")])
+    return w.address, w.log
 
 
 @pytest.mark.parametrize("who", ["plaintext", "wrong-token", "other-ca", "right"])
