@@ -20,16 +20,12 @@ from cloud.metrics import WorkerMetrics
 from cloud.repository import SessionSettings, load_segments
 from cloud.security import TokenInterceptor, check_token, server_credentials
 from cloud.servicer import InferenceServicer, MalformedRequests, add_servicer
+from splitpoint import defaults
 from splitpoint.bundle import health_service
 from splitpoint.errors import SplitpointError
 
 log = logging.getLogger("splitpoint.cloud")
 
-DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
-DEFAULT_MAX_DECODED_BYTES = 1 << 30
-DEFAULT_MAX_INFLIGHT = 2
-DEFAULT_MAX_QUEUE = 32
-DEFAULT_GRACE_S = 5.0
 # Threads beyond the admission bounds, so health checks, metadata calls and the
 # immediate refusals of a full queue still get a thread when every slot is taken.
 SPARE_THREADS = 4
@@ -45,7 +41,7 @@ class Worker:
     models: list[str]
     metrics_server: WSGIServer | None = None
 
-    def stop(self, grace: float = DEFAULT_GRACE_S) -> None:
+    def stop(self, grace: float = defaults.GRACE_S) -> None:
         """Report NOT_SERVING, refuse new calls, let running ones finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         stopped = self.server.stop(grace)
@@ -67,16 +63,16 @@ def serve(
     *,
     session: SessionSettings | None = None,
     batching: Batching | None = None,
-    max_inflight: int = DEFAULT_MAX_INFLIGHT,
-    max_queue: int = DEFAULT_MAX_QUEUE,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    max_inflight: int = defaults.MAX_INFLIGHT,
+    max_queue: int = defaults.MAX_QUEUE,
+    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES,
+    max_decoded_bytes: int = defaults.MAX_DECODED_BYTES,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
     tls_client_ca: str | Path | None = None,
     token: str | None = None,
     metrics_port: int | None = None,
-    grace_s: float = DEFAULT_GRACE_S,
+    grace_s: float = defaults.GRACE_S,
     block: bool = True,
 ) -> Worker:
     """Serve every cloud segment of ``bundles`` (bundles, or directories of bundles) as an OIP model.

@@ -19,14 +19,13 @@ from google.protobuf import text_encoding
 
 from cloud.batching import batchable
 from cloud.core import VERSION  # the version the worker serves every segment as, and Triton's directory
-from splitpoint import dtypes
+from splitpoint import defaults, dtypes
 from splitpoint.backends import load_session
 from splitpoint.bundle import Bundle, TensorSpec, segment_model_name
 from splitpoint.errors import SplitpointError
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILE = "model.onnx"
-DEFAULT_MAX_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Exported:
 def export_triton(
     bundle_path: str | Path,
     repo: str | Path,
-    max_batch: int = DEFAULT_MAX_BATCH,
+    max_batch: int = defaults.TRITON_MAX_BATCH,
     batch_delay_us: int | None = None,
     overwrite: bool = False,
 ) -> list[Exported]:

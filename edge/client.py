@@ -12,12 +12,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitpoint import framing
+from splitpoint import defaults, framing
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.errors import SplitpointError
 from splitpoint.framing import Framed
-
-DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -161,7 +159,7 @@ class WorkerClient:
     def __init__(
         self,
         address: str | Sequence[str],
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = defaults.MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         token: str | None = None,
         health_service: str | None = None,

@@ -21,13 +21,13 @@ import numpy as np
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from edge.breaker import CircuitBreaker
-from edge.client import DEFAULT_MAX_MESSAGE_BYTES, ClientTLS, WorkerClient
+from edge.client import ClientTLS, WorkerClient
 from edge.link import LinkEstimator
 from edge.policy import Explore, LowestPredicted, Pinned, SplitPolicy
 from edge.speed import Speed, SpeedEstimator
 from edge.trace import Counters, Trace
 from splitpoint import codec as codec_mod
-from splitpoint import wire
+from splitpoint import defaults, wire
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.backends import Session, SharedWeights, load_session, release_free_memory
 from splitpoint.bundle import LOCAL, Bundle, Manifest, Split, health_service, segment_model_name
@@ -87,7 +87,7 @@ class EdgeRuntime:
         threads: int | None = None,
         failure_threshold: int = 3,
         max_attempts: int = 3,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = defaults.MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         token: str | None = None,
         share_weights: bool = True,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from partitioner.calibration import DEFAULT_MIN_AGREEMENT, CalibrationArg, Calibrator, SplitChecker, Threshold, load_calibrator
+from partitioner.calibration import CalibrationArg, Calibrator, SplitChecker, Threshold, load_calibrator
 from partitioner.candidates import auto_candidate, describe_candidates
 from partitioner.cuts import Cut, candidate_cuts, resolve_cut
 from partitioner.errors import PartitionError
@@ -25,11 +25,10 @@ from partitioner.search import Constraints, Region, pareto
 from partitioner.staging import check_target, staged_directory
 from partitioner.verify import load_segment, verify_split
 from splitpoint import codec as codec_mod
-from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, Manifest, Split, file_sha256, slug, write_manifest
+from splitpoint import defaults
+from splitpoint.bundle import CLOUD, LOCAL, Bundle, Manifest, Split, file_sha256, slug, write_manifest
 
 AUTO = "auto"
-DEFAULT_RTT_MS = 20.0  # for --candidates auto
-DEFAULT_BANDWIDTH_BPS = 10e6  # the default split of a --candidates auto bundle is the fastest here
 CutRequest = list[str] | None  # tensor names, or None for the automatic choice
 
 
@@ -62,16 +61,16 @@ def split(
     at: str | Sequence[str] | Sequence[Sequence[str]] = AUTO,
     shapes: Mapping[str, Sequence[int]] | None = None,
     name: str | None = None,
-    codec: str = DEFAULT_CODEC,
+    codec: str = defaults.CODEC,
     golden: int = 2,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     candidates: str | None = None,
     edge_profile: ProfileArg = None,
     cloud_profile: ProfileArg = None,
-    rtt_ms: float = DEFAULT_RTT_MS,
+    rtt_ms: float = defaults.RTT_MS,
     calibration: CalibrationArg = None,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_agreement: float = defaults.MIN_AGREEMENT,
     max_rel_error: float | None = None,
     finish: Callable[[Path], None] | None = None,
 ) -> Bundle:
@@ -180,7 +179,7 @@ def _pareto_regions(
 
 def _default_candidate(regions: list[Region], splits: list[Split]) -> str:
     """Without ``--at``: the split fastest at 10 Mbit/s."""
-    winner = next(r.choice for r in regions if r.low_bps <= DEFAULT_BANDWIDTH_BPS <= r.high_bps)
+    winner = next(r.choice for r in regions if r.low_bps <= defaults.BANDWIDTH_BPS <= r.high_bps)
     if not winner.at:
         return winner.id  # local or cloud
     return next(s.id for s in splits if set(s.sent_names) == set(winner.sent))

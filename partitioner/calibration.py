@@ -32,18 +32,18 @@ from typing import Any
 import numpy as np
 
 from partitioner.costmodel import Choice, CostModel
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.formats import ModelFormat, format_for, write_segments
 from partitioner.golden import Tensors
 from partitioner.measure import TensorTable
 from partitioner.verify import edge_then_cloud, load_segment
 from splitpoint import codec as codec_mod
+from splitpoint import defaults
 from splitpoint.backends import Session, load_session
 from splitpoint.bundle import LOCAL, TensorSpec
 from splitpoint.compare import EXACT, difference
-from splitpoint.errors import CodecError, SplitpointError
+from splitpoint.errors import CodecError, SplitpointError, first_line
 
-DEFAULT_MIN_AGREEMENT = 0.99
 CalibrationArg = str | Path | None
 
 
@@ -51,7 +51,7 @@ CalibrationArg = str | Path | None
 class Threshold:
     """When a split is offered: top-1 agreement at least ``min_agreement``, max_rel at most ``max_rel_error`` (if set)."""
 
-    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    min_agreement: float = defaults.MIN_AGREEMENT
     max_rel_error: float | None = None
 
     def __post_init__(self) -> None:

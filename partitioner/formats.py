@@ -19,12 +19,13 @@ import numpy as np
 
 from partitioner import extract, onnxio
 from partitioner.cuts import Cut
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.golden import Tensors
 from partitioner.graph import GraphView
 from partitioner.measure import TensorTable, measure
 from partitioner.source import Source
 from partitioner.tflite import is_tflite
+from splitpoint.errors import first_line
 
 Log = Callable[[str], None]
 

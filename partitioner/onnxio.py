@@ -13,7 +13,8 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
+from splitpoint.errors import first_line
 
 PROTO_LIMIT = 2**31 - 2**20  # bytes; below the hard 2 GiB limit, with room for the graph itself
 EXTERNAL_SUFFIX = ".data"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from partitioner.calibration import DEFAULT_MIN_AGREEMENT, Agreement, CalibrationArg, SplitChecker, Threshold, load_calibrator
+from partitioner.calibration import Agreement, CalibrationArg, SplitChecker, Threshold, load_calibrator
 from partitioner.costmodel import Choice
 from partitioner.errors import PartitionError
 from partitioner.formats import open_model
@@ -46,7 +46,8 @@ from partitioner.objectives import OBJECTIVES, Objective
 from partitioner.pricing import Pricing, ProfileArg
 from partitioner.profile import Profile
 from partitioner.search import Constraints, Region, Result, best_split, pareto
-from splitpoint.bundle import DEFAULT_CODEC, LOCAL
+from splitpoint import defaults
+from splitpoint.bundle import LOCAL
 from splitpoint.codec import parse as parse_codec
 from splitpoint.cost import Link
 
@@ -261,14 +262,14 @@ def plan(
     links: Sequence[Link | str],
     edge_profile: ProfileArg = None,
     cloud_profile: ProfileArg = None,
-    codec: str = DEFAULT_CODEC,
+    codec: str = defaults.CODEC,
     objective: Objective | str = "latency",
     constraints: Constraints | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
     cloud_threads: int | None = None,
     log: Callable[[str], None] | None = None,
     calibration: CalibrationArg = None,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_agreement: float = defaults.MIN_AGREEMENT,
     max_rel_error: float | None = None,
 ) -> Plan:
     """The best split of ``model`` for each link, from the two profiles.

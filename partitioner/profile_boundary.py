@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from partitioner.cuts import CandidateCut, Cut, candidate_cuts, resolve_cut
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.formats import ModelFormat, write_segments
 from partitioner.golden import Tensors
 from partitioner.measure import TensorTable
 from partitioner.profile_timing import Opener, Timed
-from splitpoint.errors import SplitpointError
+from splitpoint.errors import SplitpointError, first_line
 
 CUTS = 3  # cuts timed per profile: the biggest and a spread
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import onnxruntime as ort
 
 from partitioner import ort_trace
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.golden import Tensors
+from splitpoint.errors import first_line
 
 Runner = Callable[[Tensors], Tensors]
 Opener = Callable[[Path], Runner]  # a model file to its runner, with the profile's backend and threads

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from partitioner import onnxio
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.graph import subgraphs
+from splitpoint.errors import first_line
 
 if TYPE_CHECKING:
     import torch

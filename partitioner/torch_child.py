@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.pytorch import from_torch, import_torch, parse_example_shape, program_file
 from partitioner.torch_segments import export_program
+from splitpoint.errors import first_line
 
 
 def load_factory(file: Path, name: str) -> Any:

@@ -45,7 +45,7 @@ import numpy as np
 
 from partitioner import onnxio
 from partitioner.bundler import split
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.golden import Tensors
 from partitioner.measure import _run_exposing
 from partitioner.pytorch import from_torch, import_torch
@@ -53,7 +53,7 @@ from partitioner.verify import edge_then_cloud
 from splitpoint.backends import Session, load_session, save_exported
 from splitpoint.bundle import Bundle, Manifest, Split, TensorSpec, file_sha256, write_manifest
 from splitpoint.compare import EXACT, Difference, difference
-from splitpoint.errors import SplitpointError
+from splitpoint.errors import SplitpointError, first_line
 
 if TYPE_CHECKING:
     import torch

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from partitioner.errors import PartitionError, first_line
+from partitioner.errors import PartitionError
 from partitioner.golden import Tensors
 from splitpoint.backends import Session, load_session
 from splitpoint.compare import EXACT, difference
-from splitpoint.errors import SplitpointError
+from splitpoint.errors import SplitpointError, first_line
 
 ENGINES = {"onnxruntime": "onnxruntime", "litert": "LiteRT"}  # Session.backend as messages name it
 

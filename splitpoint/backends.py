@@ -26,7 +26,7 @@ import numpy as np
 
 from splitpoint import dtypes
 from splitpoint.bundle import TensorSpec
-from splitpoint.errors import SplitpointError, WireError
+from splitpoint.errors import SplitpointError, WireError, first_line
 
 LITERT_EXTRA = "pip install 'splitpoint[tflite]'"
 
@@ -411,7 +411,7 @@ class TorchSession:
             else:
                 self._module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra).eval()
         except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as e:  # torch reports bad archives these ways
-            raise SplitpointError(f"{self.path}: torch cannot load it as {kind}: {_first_line(e)}") from None
+            raise SplitpointError(f"{self.path}: torch cannot load it as {kind}: {first_line(e)}") from None
         if not extra[TORCH_SPECS]:
             raise SplitpointError(f"{self.path}: no tensor specs in the archive; save it with "
                                   f"splitpoint.backends.{saver}(module, path, inputs, outputs)")
@@ -430,16 +430,11 @@ class TorchSession:
             with self._torch.inference_mode():
                 result = self._module(*args)
         except (RuntimeError, AssertionError) as e:  # an exported program's shape guards assert
-            raise SplitpointError(f"{self.path}: torch failed: {_first_line(e)}") from None
+            raise SplitpointError(f"{self.path}: torch failed: {first_line(e)}") from None
         values = list(result) if isinstance(result, tuple | list) else [result]
         if len(values) != len(self.outputs):
             raise SplitpointError(f"{self.path}: forward returned {len(values)} tensor(s), its specs name {len(self.outputs)}")
         return {s.name: v.detach().numpy() for s, v in zip(self.outputs, values)}  # a weight returned as is needs grad
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 _BACKENDS = {"onnxruntime": OrtSession, "litert": LiteRTSession, "torch": TorchSession}

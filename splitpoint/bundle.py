@@ -16,12 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from splitpoint import defaults
 from splitpoint.errors import BundleError, SplitpointError
 
 SCHEMA_VERSION = 1
-# Byte-shuffle then zstd level 1: fewer bytes than plain zstd on float activations
-# at a similar speed (benchmarks/codec.md).
-DEFAULT_CODEC = "shuffle-zstd:1"
 MANIFEST = "manifest.json"
 LOCAL = "local"
 CLOUD = "cloud"
@@ -130,7 +128,7 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     splits: tuple[Split, ...]
     default_split: str
-    codec: str = DEFAULT_CODEC
+    codec: str = defaults.CODEC
     model_file: str = "model.onnx"
     golden: tuple[GoldenCase, ...] = ()
     profiles: tuple[str, ...] = ()
@@ -179,7 +177,7 @@ class Manifest:
                 outputs=tuple(TensorSpec.from_json(t) for t in d["outputs"]),
                 splits=tuple(Split.from_json(s) for s in d["splits"]),
                 default_split=d["default_split"],
-                codec=_typed(d.get("codec", DEFAULT_CODEC), str, "codec"),
+                codec=_typed(d.get("codec", defaults.CODEC), str, "codec"),
                 model_file=_typed(d.get("model_file", "model.onnx"), str, "model_file"),
                 golden=tuple(GoldenCase(_typed(g["inputs"], str, "golden inputs"), _typed(g["outputs"], str, "golden outputs"))
                              for g in d.get("golden", [])),

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from splitpoint import __version__
-from splitpoint.bundle import DEFAULT_CODEC
+from splitpoint import __version__, defaults
 from splitpoint.codec import available as codec_names
 from splitpoint.errors import SplitpointError
 
@@ -307,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="bundle/model name (default: the model file's stem)")
     s.add_argument(
         "--codec",
-        default=DEFAULT_CODEC,
-        help=f"codec for the cut tensors (default: {DEFAULT_CODEC}); one of: {', '.join(CODECS)}, "
+        default=defaults.CODEC,
+        help=f"codec for the cut tensors (default: {defaults.CODEC}); one of: {', '.join(CODECS)}, "
         "zstd levels as zstd:N",
     )
     s.add_argument("-f", "--force", action="store_true", help="replace an existing bundle directory")
@@ -355,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--link", action="append", metavar="BANDWIDTH/RTT",
                    help="a network link such as 10mbit/30ms (kbit, mbit, gbit; ms, s); repeatable "
                    f"(default: {' '.join(PLAN_LINKS)})")
-    s.add_argument("--codec", default=DEFAULT_CODEC,
-                   help=f"codec for the cut tensors, measured on the real tensors (default: {DEFAULT_CODEC})")
+    s.add_argument("--codec", default=defaults.CODEC,
+                   help=f"codec for the cut tensors, measured on the real tensors (default: {defaults.CODEC})")
     s.add_argument("--objective", choices=["latency", "energy", "cloud"], default="latency",
                    help="what to minimise: end-to-end latency (default), the edge's energy (see --power) "
                    "or cloud compute time")

@@ -43,12 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from splitpoint import defaults
 from splitpoint.dtypes import dtype_name, float_info, numpy_dtype, supported_names, to_oip
 from splitpoint.errors import CodecError, WireError
 
 PARAM = "splitpoint.codec"
-DEFAULT_MAX_DECODED_BYTES: int = 1 << 30
-DEFAULT_LEVEL = 3
 MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
 
 _LOSSY = ("fp16", "int8", "int8-channel")
@@ -167,7 +166,7 @@ def _parse(spec: str) -> Codec:
     if entropy not in ("zstd", "shuffle-zstd"):
         raise _bad_spec(spec)
     if not colon:
-        return Codec(lossy, entropy, DEFAULT_LEVEL)
+        return Codec(lossy, entropy, defaults.ZSTD_LEVEL)
     if not (level_text.isascii() and level_text.isdigit() and 1 <= int(level_text) <= MAX_LEVEL):
         raise CodecError(f"codec {_shown(spec)}: zstd level must be an integer from 1 to {MAX_LEVEL}")
     return Codec(lossy, entropy, int(level_text))
@@ -185,7 +184,7 @@ def decode(
     dtype: np.dtype,
     shape: Sequence[int],
     name: str = "tensor",
-    max_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    max_bytes: int = defaults.MAX_DECODED_BYTES,
     copy: bool = True,
 ) -> np.ndarray:
     """The writable, owned array of ``dtype`` and ``shape`` that ``data`` encodes.
@@ -508,5 +507,5 @@ def _fail(name: str, problem: str) -> CodecError:
 def _bad_spec(spec: str) -> CodecError:
     return CodecError(
         f"unknown codec {_shown(spec)}; valid: {', '.join(available())} "
-        f"(zstd stages take an optional :LEVEL from 1 to {MAX_LEVEL}, default {DEFAULT_LEVEL})"
+        f"(zstd stages take an optional :LEVEL from 1 to {MAX_LEVEL}, default {defaults.ZSTD_LEVEL})"
     )

@@ -17,3 +17,9 @@ class CodecError(SplitpointError, ValueError):
 
 class WireError(SplitpointError, ValueError):
     """A request or response does not match what the model expects."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an engine's error (onnx, onnxruntime and LiteRT write pages), or its type when empty."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from splitpoint import codec as codec_mod
-from splitpoint import dtypes, framing
+from splitpoint import defaults, dtypes, framing
 from splitpoint._proto import grpc_service_pb2 as pb
 from splitpoint.bundle import TensorSpec
 from splitpoint.errors import WireError
@@ -24,6 +24,10 @@ from splitpoint.errors import WireError
 MODEL_SHA256 = "splitpoint.model_sha256"
 # Response parameter: the worker's compute time for the request, in microseconds.
 COMPUTE_US = "splitpoint.compute_us"
+# Stream answer parameter: the gRPC status code name (e.g. "FAILED_PRECONDITION") of an answer that
+# carries an error message. ModelStreamInfer answers have a message but no status of their own, and
+# the edge must tell a fatal failure (version mismatch) from a passing one (overload).
+STATUS = "splitpoint.status"
 
 ParamValue = str | int | bool
 
@@ -148,7 +152,7 @@ def _read_tensors(
 def read_request(
     request: framing.Framed[pb.ModelInferRequest] | pb.ModelInferRequest,
     expected: Sequence[TensorSpec],
-    max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES,
+    max_bytes: int = defaults.MAX_DECODED_BYTES,
     copy: bool = True,
 ) -> dict[str, np.ndarray]:
     """Decode and validate a request's inputs against the model's input specs.
@@ -175,7 +179,7 @@ def read_request(
 
 def read_response(
     response: framing.Framed[pb.ModelInferResponse] | pb.ModelInferResponse,
-    max_bytes: int = codec_mod.DEFAULT_MAX_DECODED_BYTES,
+    max_bytes: int = defaults.MAX_DECODED_BYTES,
 ) -> dict[str, np.ndarray]:
     """Decode a response's outputs."""
     framed = response if isinstance(response, framing.Framed) else framing.view(response)

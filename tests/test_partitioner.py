@@ -12,8 +12,9 @@ import pytest
 import partitioner
 from partitioner import PartitionError, inspect, parse_shapes, split
 from partitioner.verify import edge_then_cloud
+from splitpoint import defaults
 from splitpoint.backends import load_session
-from splitpoint.bundle import CLOUD, DEFAULT_CODEC, LOCAL, Bundle, file_sha256
+from splitpoint.bundle import CLOUD, LOCAL, Bundle, file_sha256
 from splitpoint.compare import array_difference
 from splitpoint.errors import SplitpointError
 from testbed.models import demo_cnn, save_demo_cnn
@@ -89,7 +90,7 @@ def test_split_single_and_multi_tensor_cuts(demo: Path, tmp_path: Path) -> None:
 def test_bundle_manifest_and_files(demo: Path, tmp_path: Path) -> None:
     bundle = split(demo, tmp_path / "b", at="pool.out", golden=3, name="My Model")
     m = bundle.manifest
-    assert m.name == "My_Model" and m.opset == 17 and m.codec == DEFAULT_CODEC
+    assert m.name == "My_Model" and m.opset == 17 and m.codec == defaults.CODEC
     assert m.model_sha256 == file_sha256(bundle.model_path())
     assert len(m.golden) == 3 and len(bundle.golden_cases()) == 3
     assert [t.name for t in m.inputs] == ["image"] and m.outputs[0].shape == ("N", 10)
